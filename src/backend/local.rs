@@ -1,0 +1,1 @@
+//! The local directory backend (to be written).
