@@ -5,6 +5,12 @@
 //! `tracing`; all printing lives in the binary.
 
 pub mod backend;
+pub mod chunker;
 pub mod codec;
+pub mod compress;
+pub mod crypto;
+pub mod error;
 pub mod id;
+pub mod index;
+pub mod pack;
 pub mod tree;
