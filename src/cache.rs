@@ -1,0 +1,227 @@
+//! The local blob index: a SQLite database that mirrors the repository's index files.
+//!
+//! It lives under `$XDG_CACHE_HOME/s3bk/<repo id>/index.sqlite` and is never the source of truth:
+//! it records which index files it has absorbed, and is topped up, or rebuilt from scratch, when
+//! the repository's set of index files differs (see `Repository::load_index`). A corrupt cache is
+//! deleted and rebuilt. Blobs are looked up here instead of holding the whole index in memory,
+//! so memory stays flat however large the repository grows.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::IndexFile;
+use crate::pack::{BlobEntry, BlobType};
+
+const SCHEMA_VERSION: i64 = 1;
+
+/// A blob's location: its pack and its entry in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The pack holding the blob.
+    pub pack: Id,
+    /// The blob's entry in that pack.
+    pub entry: BlobEntry,
+}
+
+/// The SQLite-backed blob index.
+pub struct BlobIndex {
+    conn: Mutex<Connection>,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for BlobIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlobIndex({:?})", self.path)
+    }
+}
+
+fn open_conn(path: Option<&Path>) -> rusqlite::Result<Connection> {
+    let conn = match path {
+        Some(p) => Connection::open(p)?,
+        None => Connection::open_in_memory()?,
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(60))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS index_files (id BLOB PRIMARY KEY) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS blobs (
+            id BLOB PRIMARY KEY, pack BLOB NOT NULL, flags INTEGER NOT NULL,
+            offset INTEGER NOT NULL, length INTEGER NOT NULL, raw_len INTEGER NOT NULL
+         ) WITHOUT ROWID;",
+    )?;
+    let version: Option<i64> =
+        conn.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0)).optional()?;
+    match version {
+        Some(SCHEMA_VERSION) => {}
+        Some(_) => return Err(rusqlite::Error::InvalidQuery),
+        None => {
+            conn.execute("INSERT INTO meta(key, value) VALUES('schema', ?1)", [SCHEMA_VERSION])?;
+        }
+    }
+    Ok(conn)
+}
+
+impl BlobIndex {
+    /// Opens (or creates) the cache at `path`, or an in-memory one for `None`.
+    /// A database that cannot be opened or has another schema is deleted and made anew.
+    pub fn open(path: Option<&Path>) -> Result<Self> {
+        let conn = match open_conn(path) {
+            Ok(c) => c,
+            Err(e) => {
+                let Some(p) = path else { return Err(e.into()) };
+                tracing::warn!("local cache {} unusable ({e}); rebuilding it", p.display());
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut f = p.as_os_str().to_owned();
+                    f.push(suffix);
+                    let _ = std::fs::remove_file(f);
+                }
+                open_conn(path)?
+            }
+        };
+        Ok(Self { conn: Mutex::new(conn), path: path.map(Path::to_path_buf) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ids of the index files absorbed so far.
+    pub fn index_files(&self) -> Result<HashSet<Id>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id FROM index_files")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .filter_map(|r| r.ok().and_then(|b| Id::from_slice(&b)))
+            .collect();
+        Ok(ids)
+    }
+
+    /// Forgets everything (before a rebuild).
+    pub fn clear(&self) -> Result<()> {
+        self.conn().execute_batch("DELETE FROM blobs; DELETE FROM index_files;")?;
+        Ok(())
+    }
+
+    /// Absorbs the index files `files` (id, content) in one transaction.
+    pub fn add_index_files(&self, files: &[(Id, IndexFile)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut blob = tx.prepare_cached(
+                "INSERT OR IGNORE INTO blobs(id, pack, flags, offset, length, raw_len) VALUES (?1,?2,?3,?4,?5,?6)",
+            )?;
+            for (_, file) in files {
+                for p in &file.packs {
+                    for b in &p.blobs {
+                        blob.execute(params![&b.id.0[..], &p.id.0[..], b.flags(), b.offset, b.length, b.raw_len])?;
+                    }
+                }
+            }
+            let mut f = tx.prepare_cached("INSERT OR IGNORE INTO index_files(id) VALUES (?1)")?;
+            for (id, _) in files {
+                f.execute([&id.0[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Where blob `id` is stored, if indexed.
+    pub fn get(&self, id: &Id) -> Result<Option<Location>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT pack, flags, offset, length, raw_len FROM blobs WHERE id = ?1")?;
+        let row = stmt
+            .query_row([&id.0[..]], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u8>(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()?;
+        let Some((pack, flags, offset, length, raw_len)) = row else { return Ok(None) };
+        let pack = Id::from_slice(&pack).ok_or_else(|| Error::corrupt("local cache", "bad pack id"))?;
+        let (tpe, compressed) =
+            BlobEntry::from_flags(flags).ok_or_else(|| Error::corrupt("local cache", "bad flags"))?;
+        Ok(Some(Location { pack, entry: BlobEntry { id: *id, tpe, offset, length, raw_len, compressed } }))
+    }
+
+    /// Whether blob `id` is indexed.
+    pub fn contains(&self, id: &Id) -> Result<bool> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
+        Ok(stmt.exists([&id.0[..]])?)
+    }
+
+    /// Number of indexed blobs of each type: (data, tree).
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        let conn = self.conn();
+        let count = |tree: u8| -> rusqlite::Result<u64> {
+            conn.query_row("SELECT count(*) FROM blobs WHERE (flags & 1) = ?1", [tree], |r| r.get(0))
+        };
+        Ok((count(0)?, count(1)?))
+    }
+
+    /// Calls `f` for every indexed blob, in id order (for verify and prune).
+    pub fn for_each(&self, mut f: impl FnMut(Location) -> Result<()>) -> Result<()> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, pack, flags, offset, length, raw_len FROM blobs ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let id = Id::from_slice(&r.get::<_, Vec<u8>>(0)?).ok_or_else(|| Error::corrupt("local cache", "bad id"))?;
+            let pack = Id::from_slice(&r.get::<_, Vec<u8>>(1)?).ok_or_else(|| Error::corrupt("local cache", "bad id"))?;
+            let (tpe, compressed) = BlobEntry::from_flags(r.get(2)?).ok_or_else(|| Error::corrupt("local cache", "flags"))?;
+            f(Location { pack, entry: BlobEntry { id, tpe, offset: r.get(3)?, length: r.get(4)?, raw_len: r.get(5)?, compressed } })?;
+        }
+        Ok(())
+    }
+}
+
+/// Is this a tree blob location?
+pub fn is_tree(loc: &Location) -> bool {
+    loc.entry.tpe == BlobType::Tree
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::IndexPack;
+
+    fn entry(n: u8, tpe: BlobType) -> BlobEntry {
+        BlobEntry { id: Id([n; 32]), tpe, offset: u32::from(n) * 10, length: 10, raw_len: 7, compressed: n % 2 == 0 }
+    }
+
+    #[test]
+    fn absorbs_and_looks_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let idx = BlobIndex::open(Some(&path)).unwrap();
+        let file = IndexFile {
+            supersedes: vec![],
+            packs: vec![IndexPack { id: Id([9; 32]), blobs: vec![entry(1, BlobType::Data), entry(2, BlobType::Tree)] }],
+        };
+        idx.add_index_files(&[(Id([5; 32]), file)]).unwrap();
+        drop(idx);
+        let idx = BlobIndex::open(Some(&path)).unwrap();
+        assert_eq!(idx.get(&Id([2; 32])).unwrap(), Some(Location { pack: Id([9; 32]), entry: entry(2, BlobType::Tree) }));
+        assert!(idx.contains(&Id([1; 32])).unwrap());
+        assert!(!idx.contains(&Id([3; 32])).unwrap());
+        assert_eq!(idx.counts().unwrap(), (1, 1));
+        assert_eq!(idx.index_files().unwrap(), HashSet::from([Id([5; 32])]));
+        idx.clear().unwrap();
+        assert!(idx.get(&Id([2; 32])).unwrap().is_none());
+    }
+
+    #[test]
+    fn corrupt_cache_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        std::fs::write(&path, b"this is not a sqlite database at all, not even close....").unwrap();
+        let idx = BlobIndex::open(Some(&path)).unwrap();
+        assert!(idx.index_files().unwrap().is_empty());
+    }
+}
