@@ -6,5 +6,6 @@
 
 pub mod backend;
 pub mod codec;
+pub mod fsmeta;
 pub mod id;
 pub mod tree;
