@@ -5,12 +5,19 @@
 //! `tracing`; all printing lives in the binary.
 
 pub mod backend;
+pub mod cache;
 pub mod chunker;
 pub mod codec;
 pub mod compress;
 pub mod crypto;
 pub mod error;
+pub mod fsmeta;
+pub mod host;
 pub mod id;
 pub mod index;
+pub mod keyfile;
 pub mod pack;
+pub mod progress;
+pub mod repo;
+pub mod snapshot;
 pub mod tree;

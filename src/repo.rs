@@ -1,0 +1,415 @@
+//! The repository: config, keys, and typed access to files and blobs over a backend.
+//!
+//! `Repository` is the only place that turns backend objects into trusted plaintext: every file
+//! is checked against its name (the hash of its bytes), opened (MAC), decompressed within bounds
+//! and decoded; every blob is also checked against its id. Write order is the caller's contract
+//! (packs, then index files, then the snapshot); this module gives the primitives.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::backend::{Backend, BackendError, FileType, Handle, PutMode};
+use crate::cache::{BlobIndex, Location};
+use crate::chunker::ChunkerParams;
+use crate::compress;
+use crate::crypto::{Keys, MasterKey};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{IndexFile, IndexPack, MAX_BLOBS_PER_FILE};
+use crate::keyfile::{KdfParams, KeyFile};
+use crate::pack::BlobEntry;
+use crate::snapshot::{Snapshot, SnapshotEntry};
+use crate::tree::Tree;
+
+/// The newest repository format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Optional format features this build understands (none yet).
+pub const KNOWN_FEATURES: &[&str] = &[];
+/// Largest index, snapshot or config file accepted.
+const MAX_FILE: u64 = 64 << 20;
+const CONFIG_MAGIC: &[u8; 8] = b"s3bkconf";
+
+/// The repository config: fixed at `init`, sealed under the master key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Format version.
+    pub version: u32,
+    /// Random repository id (names the local cache).
+    pub id: Id,
+    /// Chunker sizes and secret seed.
+    pub chunker: ChunkerParams,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    /// zstd level for new blobs.
+    pub compression: i32,
+    /// Format features in use; a reader that lacks one must refuse the repository.
+    #[serde(default)]
+    pub features: Vec<String>,
+}
+
+/// How a caller proves it may open the repository.
+pub enum Secret {
+    /// A passphrase for a passphrase key file.
+    Passphrase(Zeroizing<Vec<u8>>),
+}
+
+impl Secret {
+    /// A passphrase secret.
+    pub fn passphrase(p: impl Into<Vec<u8>>) -> Self {
+        Self::Passphrase(Zeroizing::new(p.into()))
+    }
+}
+
+/// Choices made once, at `init`.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// KDF cost of the first key file.
+    pub kdf: KdfParams,
+    /// Target pack size in bytes (default 16 MiB: see ARCHITECTURE.md).
+    pub pack_size: u32,
+    /// zstd level (default 3).
+    pub compression: i32,
+    /// Chunker sizes; `None` for the defaults with a random seed.
+    pub chunker: Option<ChunkerParams>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self { kdf: KdfParams::default(), pack_size: 16 << 20, compression: 3, chunker: None }
+    }
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    keys: Arc<Keys>,
+    config: Config,
+    index: Arc<BlobIndex>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({}, {})", self.backend.location(), self.config.id.short())
+    }
+}
+
+/// Seals a file body: `flag (0 raw, 1 zstd) || raw_len (u32 LE) || payload`.
+fn seal_file(keys: &Keys, plain: &[u8], level: i32) -> Vec<u8> {
+    let mut body = Vec::with_capacity(plain.len() / 2 + 5);
+    match compress::compress(plain, level) {
+        Some(c) => {
+            body.push(1);
+            body.extend_from_slice(&(plain.len() as u32).to_le_bytes());
+            body.extend_from_slice(&c);
+        }
+        None => {
+            body.push(0);
+            body.extend_from_slice(&(plain.len() as u32).to_le_bytes());
+            body.extend_from_slice(plain);
+        }
+    }
+    keys.seal(&body)
+}
+
+fn open_file(keys: &Keys, stored: &[u8], what: &str) -> Result<Vec<u8>> {
+    let body = keys.open(stored).map_err(|e| Error::corrupt(what, e.to_string()))?;
+    if body.len() < 5 {
+        return Err(Error::corrupt(what, "truncated body"));
+    }
+    let raw_len = u32::from_le_bytes(body[1..5].try_into().expect("4 bytes")) as usize;
+    match body[0] {
+        0 if body.len() - 5 == raw_len => Ok(body[5..].to_vec()),
+        1 => compress::decompress(&body[5..], raw_len).map_err(|e| Error::corrupt(what, e)),
+        _ => Err(Error::corrupt(what, "bad body framing")),
+    }
+}
+
+fn encode_config(keys: &Keys, config: &Config) -> Vec<u8> {
+    let mut out = CONFIG_MAGIC.to_vec();
+    out.extend_from_slice(&config.version.to_le_bytes());
+    out.extend_from_slice(&keys.seal(&crate::codec::to_cbor(config)));
+    out
+}
+
+/// Checks the plaintext framing of the config: magic and a version we can read.
+fn config_version(data: &[u8]) -> Result<u32> {
+    if data.len() < 12 || &data[..8] != CONFIG_MAGIC {
+        return Err(Error::corrupt("config", "not an s3bk repository config"));
+    }
+    let version = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
+    if version > FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
+    }
+    Ok(version)
+}
+
+impl Repository {
+    /// Creates a repository at the backend's location with a fresh master key.
+    pub async fn init(backend: Arc<dyn Backend>, secret: &Secret, opts: &InitOptions) -> Result<Self> {
+        match backend.stat(&Handle::config()).await {
+            Ok(_) => return Err(Error::AlreadyInitialized(backend.location())),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        backend.create().await?;
+        let master = MasterKey::generate();
+        let mut seed = [0u8; 8];
+        rand::fill(&mut seed);
+        let chunker = opts.chunker.unwrap_or_else(|| ChunkerParams::default_with_seed(u64::from_le_bytes(seed)));
+        chunker.validate().map_err(Error::Invalid)?;
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: Id::random(),
+            chunker,
+            pack_size: opts.pack_size.clamp(1 << 20, 1 << 30),
+            compression: opts.compression,
+            features: Vec::new(),
+        };
+        let keys = master.keys(0);
+        let Secret::Passphrase(p) = secret;
+        let kf = KeyFile::passphrase(&master, p, opts.kdf)?;
+        // Key first: a config without a key would be a locked-out repository.
+        backend.put(&Handle::new(FileType::Key, Id::random().to_hex()), kf.encode().into(), PutMode::CreateOnly).await?;
+        match backend.put(&Handle::config(), encode_config(&keys, &config).into(), PutMode::CreateOnly).await {
+            Err(BackendError::AlreadyExists(_)) => return Err(Error::AlreadyInitialized(backend.location())),
+            r => r?,
+        }
+        Ok(Self { backend, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?) })
+    }
+
+    /// Opens the repository with `secret`. The index is not loaded yet (see [`Self::load_index`]).
+    pub async fn open(backend: Arc<dyn Backend>, secret: &Secret) -> Result<Self> {
+        let raw = match backend.get(&Handle::config(), None).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Err(Error::NoRepository(backend.location())),
+            Err(e) => return Err(e.into()),
+        };
+        config_version(&raw)?;
+        let master = Self::unwrap_master(&*backend, secret).await?;
+        let keys = master.keys(0);
+        let config: Config = crate::codec::from_cbor(
+            &keys.open(&raw[12..]).map_err(|e| Error::corrupt("config", e.to_string()))?,
+        )
+        .map_err(|e| Error::corrupt("config", e))?;
+        config.chunker.validate().map_err(|e| Error::corrupt("config", e))?;
+        let unknown: Vec<&str> =
+            config.features.iter().map(String::as_str).filter(|f| !KNOWN_FEATURES.contains(f)).collect();
+        if !unknown.is_empty() {
+            return Err(Error::UnsupportedFeatures(unknown.join(", ")));
+        }
+        Ok(Self { backend, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?) })
+    }
+
+    async fn unwrap_master(backend: &dyn Backend, secret: &Secret) -> Result<MasterKey> {
+        let files = backend.list(FileType::Key).await?;
+        let Secret::Passphrase(p) = secret;
+        for f in &files {
+            let data = backend.get(&f.handle, None).await?;
+            let kf = match KeyFile::decode(&data) {
+                Ok(kf) => kf,
+                Err(e) => {
+                    tracing::warn!("skipping key file {}: {e}", f.handle);
+                    continue;
+                }
+            };
+            let p = p.clone();
+            let found = tokio::task::spawn_blocking(move || kf.unwrap_passphrase(&p))
+                .await
+                .map_err(|_| Error::Cancelled)??;
+            if let Some(master) = found {
+                return Ok(master);
+            }
+        }
+        Err(Error::WrongKey(files.len()))
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The key set.
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The blob index (empty until [`Self::load_index`]).
+    pub fn index(&self) -> &Arc<BlobIndex> {
+        &self.index
+    }
+
+    /// Brings the blob index up to date with the repository's index files, using the cache
+    /// under `cache_dir` when given: only index files it has not seen are downloaded; if any it
+    /// has seen are gone (prune), it is rebuilt from scratch.
+    pub async fn load_index(&mut self, cache_dir: Option<&Path>) -> Result<()> {
+        let path = match cache_dir {
+            Some(dir) => {
+                let dir = dir.join(self.config.id.to_hex());
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                Some(dir.join("index.sqlite"))
+            }
+            None => None,
+        };
+        let index = BlobIndex::open(path.as_deref())?;
+        let present: HashSet<Id> = self
+            .backend
+            .list(FileType::Index)
+            .await?
+            .into_iter()
+            .filter_map(|f| f.handle.name.parse().ok())
+            .collect();
+        let known = index.index_files()?;
+        if !known.is_subset(&present) {
+            tracing::info!("index files were removed since the cache was built; rebuilding it");
+            index.clear()?;
+        }
+        let known = index.index_files()?;
+        let missing: Vec<Id> = present.difference(&known).copied().collect();
+        let mut files = futures::stream::iter(missing)
+            .map(|id| async move { Ok::<_, Error>((id, IndexFile::decode(&self.load_file(FileType::Index, &id).await?)?)) })
+            .buffer_unordered(self.backend.connections().max(1));
+        let mut batch = Vec::new();
+        while let Some(f) = files.try_next().await? {
+            batch.push(f);
+            if batch.len() >= 64 {
+                index.add_index_files(&std::mem::take(&mut batch))?;
+            }
+        }
+        index.add_index_files(&batch)?;
+        self.index = Arc::new(index);
+        Ok(())
+    }
+
+    /// Stores `plain` as a sealed file of type `tpe`, named by the hash of its bytes.
+    pub async fn save_file(&self, tpe: FileType, plain: &[u8]) -> Result<Id> {
+        let stored = seal_file(&self.keys, plain, self.config.compression);
+        let id = Id::hash(&stored);
+        self.put_new(&Handle::new(tpe, id.to_hex()), stored.into()).await?;
+        Ok(id)
+    }
+
+    /// Puts a content-addressed object. "Already there" is success: the name is the hash of the
+    /// content, and a retried create-only PUT whose first attempt landed also ends here.
+    pub async fn put_new(&self, h: &Handle, data: Bytes) -> Result<()> {
+        match self.backend.put(h, data, PutMode::CreateOnly).await {
+            Ok(()) | Err(BackendError::AlreadyExists(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Loads and checks a sealed file.
+    pub async fn load_file(&self, tpe: FileType, id: &Id) -> Result<Vec<u8>> {
+        let h = Handle::new(tpe, id.to_hex());
+        let stored = self.backend.get(&h, None).await?;
+        let what = h.to_string();
+        if stored.len() as u64 > MAX_FILE {
+            return Err(Error::corrupt(what, "larger than any valid file"));
+        }
+        if Id::hash(&stored) != *id {
+            return Err(Error::corrupt(what, "content does not match its name"));
+        }
+        open_file(&self.keys, &stored, &what)
+    }
+
+    /// Writes index files for `packs` (split to bounded sizes) and absorbs them into the cache.
+    /// Call only after every pack listed is stored.
+    pub async fn save_index(&self, packs: Vec<IndexPack>) -> Result<Vec<Id>> {
+        let mut ids = Vec::new();
+        let mut file = IndexFile::default();
+        let mut count = 0;
+        let mut absorbed = Vec::new();
+        let mut packs = packs.into_iter().peekable();
+        while let Some(p) = packs.next() {
+            count += p.blobs.len();
+            file.packs.push(p);
+            if count >= MAX_BLOBS_PER_FILE || packs.peek().is_none() {
+                let id = self.save_file(FileType::Index, &file.encode()).await?;
+                ids.push(id);
+                absorbed.push((id, std::mem::take(&mut file)));
+                count = 0;
+            }
+        }
+        self.index.add_index_files(&absorbed)?;
+        Ok(ids)
+    }
+
+    /// Where blob `id` is stored.
+    pub fn locate(&self, id: &Id) -> Result<Location> {
+        self.index.get(id)?.ok_or(Error::MissingBlob(*id))
+    }
+
+    /// Opens a sealed blob and checks it is the one `entry` names.
+    pub fn decode_blob(&self, entry: &BlobEntry, sealed: &[u8]) -> Result<Vec<u8>> {
+        decode_blob_with(&self.keys, entry, sealed)
+    }
+
+    /// Fetches one blob with a ranged read and checks it.
+    pub async fn load_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let loc = self.locate(id)?;
+        let sealed = self.backend.get(&Handle::new(FileType::Pack, loc.pack.to_hex()), Some(loc.entry.range())).await?;
+        let keys = self.keys.clone();
+        tokio::task::spawn_blocking(move || decode_blob_with(&keys, &loc.entry, &sealed))
+            .await
+            .map_err(|_| Error::Cancelled)?
+    }
+
+    /// Loads and decodes a tree blob.
+    pub async fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let data = self.load_blob(id).await?;
+        Tree::decode(&data).map_err(|e| Error::corrupt(format!("tree {id}"), e.to_string()))
+    }
+
+    /// Stores a snapshot file (the last write of a backup).
+    pub async fn save_snapshot(&self, s: &Snapshot) -> Result<Id> {
+        self.save_file(FileType::Snapshot, &crate::codec::to_cbor(s)).await
+    }
+
+    /// Loads one snapshot.
+    pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let data = self.load_file(FileType::Snapshot, id).await?;
+        crate::codec::from_cbor(&data).map_err(|e| Error::corrupt(format!("snapshot {id}"), e))
+    }
+
+    /// Every snapshot, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let files = self.backend.list(FileType::Snapshot).await?;
+        let mut out: Vec<SnapshotEntry> = futures::stream::iter(files.into_iter().filter_map(|f| f.handle.name.parse::<Id>().ok()))
+            .map(|id| async move { Ok::<_, Error>(SnapshotEntry { id, snapshot: self.load_snapshot(&id).await? }) })
+            .buffer_unordered(self.backend.connections().max(1))
+            .try_collect()
+            .await?;
+        out.sort_by_key(|e| (e.snapshot.time_ns, e.id));
+        Ok(out)
+    }
+
+    /// The default local cache folder (`$XDG_CACHE_HOME/s3bk`).
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        directories::BaseDirs::new().map(|d| d.cache_dir().join("s3bk"))
+    }
+}
+
+/// [`Repository::decode_blob`] without a repository (for worker threads).
+pub fn decode_blob_with(keys: &Keys, entry: &BlobEntry, sealed: &[u8]) -> Result<Vec<u8>> {
+    let what = || format!("blob {}", entry.id);
+    let body = keys.open(sealed).map_err(|e| Error::corrupt(what(), e.to_string()))?;
+    let plain = if entry.compressed {
+        compress::decompress(&body, entry.raw_len as usize).map_err(|e| Error::corrupt(what(), e))?
+    } else {
+        body
+    };
+    if plain.len() != entry.raw_len as usize || keys.blob_id(&plain) != entry.id {
+        return Err(Error::corrupt(what(), "content does not match its id"));
+    }
+    Ok(plain)
+}
