@@ -12,8 +12,8 @@ use std::ops::Range;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-
-
+pub use local::LocalBackend;
+pub use memory::MemoryBackend;
 
 /// The kinds of object in a repository; each has its own folder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,7 +78,10 @@ pub struct Handle {
 impl Handle {
     /// A handle for `name` of type `tpe`.
     pub fn new(tpe: FileType, name: impl Into<String>) -> Self {
-        Self { tpe, name: name.into() }
+        Self {
+            tpe,
+            name: name.into(),
+        }
     }
 
     /// The handle of the repository config.
@@ -204,6 +207,31 @@ pub fn valid_name(tpe: FileType, name: &str) -> bool {
     match tpe {
         FileType::Config => name == "config",
         _ => name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+    }
+}
+
+/// Rejects a handle whose name `valid_name` refuses, so no backend ever builds a path from a
+/// name like `../x` (and `FileType::path` never slices a non-ASCII name).
+pub(crate) fn check_handle(h: &Handle) -> Result<(), BackendError> {
+    if valid_name(h.tpe, &h.name) {
+        Ok(())
+    } else {
+        Err(BackendError::Permanent {
+            context: format!("invalid object name {:?} for {:?}", h.name, h.tpe),
+            source: "names are 64 lowercase hex digits, or `config`".into(),
+        })
+    }
+}
+
+/// Checks `range` against an object of `len` bytes; the shared rule for every backend's `get`.
+pub(crate) fn check_range(h: &Handle, range: &Range<u64>, len: u64) -> Result<(), BackendError> {
+    if range.start <= range.end && range.end <= len {
+        Ok(())
+    } else {
+        Err(BackendError::Permanent {
+            context: format!("reading {h} bytes {}..{}", range.start, range.end),
+            source: format!("range is not within the {len}-byte object").into(),
+        })
     }
 }
 
