@@ -161,7 +161,8 @@ impl BlobIndex {
     pub fn counts(&self) -> Result<(u64, u64)> {
         let conn = self.conn();
         let count = |tree: u8| -> rusqlite::Result<u64> {
-            conn.query_row("SELECT count(*) FROM blobs WHERE (flags & 1) = ?1", [tree], |r| r.get(0))
+            conn.query_row("SELECT count(*) FROM blobs WHERE (flags & 1) = ?1", [tree], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
         };
         Ok((count(0)?, count(1)?))
     }

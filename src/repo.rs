@@ -276,9 +276,10 @@ impl Repository {
         }
         let known = index.index_files()?;
         let missing: Vec<Id> = present.difference(&known).copied().collect();
+        let this = &*self;
         let mut files = futures::stream::iter(missing)
-            .map(|id| async move { Ok::<_, Error>((id, IndexFile::decode(&self.load_file(FileType::Index, &id).await?)?)) })
-            .buffer_unordered(self.backend.connections().max(1));
+            .map(|id| async move { Ok::<_, Error>((id, IndexFile::decode(&this.load_file(FileType::Index, &id).await?)?)) })
+            .buffer_unordered(this.backend.connections().max(1));
         let mut batch = Vec::new();
         while let Some(f) = files.try_next().await? {
             batch.push(f);
@@ -287,6 +288,7 @@ impl Repository {
             }
         }
         index.add_index_files(&batch)?;
+        drop(files);
         self.index = Arc::new(index);
         Ok(())
     }

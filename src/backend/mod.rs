@@ -60,7 +60,7 @@ impl FileType {
     pub fn path(self, name: &str) -> String {
         match self {
             FileType::Config => "config".to_owned(),
-            FileType::Pack => format!("data/{}/{}", &name[..name.len().min(2)], name),
+            FileType::Pack => format!("data/{}/{}", name.get(..2).unwrap_or(name), name),
             _ => format!("{}/{}", self.dirname(), name),
         }
     }
