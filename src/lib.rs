@@ -4,7 +4,9 @@
 //! The library is silent: it reports progress through [`progress::Progress`] and logs through
 //! `tracing`; all printing lives in the binary.
 
+pub mod archiver;
 pub mod backend;
+pub mod browse;
 pub mod cache;
 pub mod chunker;
 pub mod codec;
@@ -19,5 +21,6 @@ pub mod keyfile;
 pub mod pack;
 pub mod progress;
 pub mod repo;
+pub mod restorer;
 pub mod snapshot;
 pub mod tree;
