@@ -1,15 +1,46 @@
 //! Backup: walks source paths and stores their content and metadata as a new snapshot.
 //!
-//! (Pipeline being implemented.)
+//! The pipeline runs on plain threads joined by bounded channels, so a slow stage stalls the
+//! ones before it and memory stays bounded:
+//!
+//! ```text
+//! walk ──files──▶ readers ×2 ──new chunks──▶ sealers ×ncpu ──sealed──▶ packer ──packs──▶ uploaders (async)
+//!   │  (read, chunk, hash, dedup)             (zstd, encrypt)          (cut packs)      (put, then index)
+//!   └──dirs (post-order)──▶ tree saver ──tree blobs──▶ sealers
+//! ```
+//!
+//! The walker never waits for file content: it hands each directory to the tree saver with
+//! pending results, and the tree saver assembles trees as the readers finish. Writes follow
+//! the format's order: packs, then index files, then the snapshot. A file that cannot be read
+//! is skipped and reported; only repository errors abort the backup.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use crate::error::Result;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use globset::{GlobSet, GlobSetBuilder};
+
+use crate::backend::{FileType, Handle};
+use crate::cache::BlobIndex;
+use crate::chunker::ChunkerParams;
+use crate::crypto::Keys;
+use crate::error::{Error, Result};
+use crate::fsmeta;
 use crate::id::Id;
+use crate::index::IndexPack;
+use crate::pack::{BlobType, FinishedPack, PackBuilder};
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Skipped, Snapshot, Summary};
+use crate::tree::{Extent, Node, NodeKind, Tree};
 
 /// Which earlier snapshot to compare against to skip reading unchanged files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,7 +59,8 @@ pub enum ParentChoice {
 pub struct BackupOptions {
     /// Paths to back up (files or directories).
     pub paths: Vec<PathBuf>,
-    /// Glob patterns of paths to leave out (gitignore-like: `*.tmp`, `/abs/path`, `**/cache`).
+    /// Glob patterns of paths to leave out: without a `/` a pattern matches an entry's name
+    /// (`*.tmp`, `node_modules`); with one it matches the absolute path (`/home/*/cache`, `**/tmp/*`).
     pub excludes: Vec<String>,
     /// Leave out a directory that contains a file with one of these names (e.g. `.nobackup`).
     pub exclude_if_present: Vec<String>,
@@ -53,8 +85,742 @@ pub struct BackupResult {
     pub snapshot: Snapshot,
 }
 
+/// Which entries to leave out.
+pub(crate) struct Excludes {
+    names: GlobSet,
+    paths: GlobSet,
+    if_present: Vec<String>,
+}
+
+impl Excludes {
+    pub(crate) fn new(patterns: &[String], if_present: &[String]) -> Result<Self> {
+        let mut names = GlobSetBuilder::new();
+        let mut paths = GlobSetBuilder::new();
+        for p in patterns {
+            let glob = globset::GlobBuilder::new(p)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| Error::Invalid(format!("exclude pattern {p:?}: {e}")))?;
+            if p.contains('/') { paths.add(glob) } else { names.add(glob) };
+        }
+        let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::Invalid(e.to_string()));
+        Ok(Self { names: build(names)?, paths: build(paths)?, if_present: if_present.to_vec() })
+    }
+
+    fn excluded(&self, path: &Path, name: &[u8]) -> bool {
+        self.names.is_match(OsStr::from_bytes(name)) || self.paths.is_match(path)
+    }
+
+    fn dir_opted_out(&self, dir: &Path) -> bool {
+        self.if_present.iter().any(|f| dir.join(f).symlink_metadata().is_ok())
+    }
+}
+
+/// A chunk or tree waiting to be compressed and encrypted.
+struct BlobJob {
+    tpe: BlobType,
+    id: Id,
+    data: Vec<u8>,
+}
+
+/// A blob ready for a pack.
+struct SealedBlob {
+    tpe: BlobType,
+    id: Id,
+    raw_len: u32,
+    compressed: bool,
+    sealed: Vec<u8>,
+}
+
+/// A file whose content must be read.
+struct FileJob {
+    path: PathBuf,
+    node: Node,
+    reply: Sender<std::result::Result<Node, String>>,
+}
+
+/// A directory entry whose final node may still be in the making.
+enum Pending {
+    Ready(Node),
+    File { path: PathBuf, rx: Receiver<std::result::Result<Node, String>> },
+    Dir { node: Node, rx: Receiver<Id> },
+}
+
+/// A directory for the tree saver: its entries, and where to send its tree id.
+struct DirJob {
+    entries: Vec<Pending>,
+    reply: Sender<Id>,
+}
+
+/// Counters shared by the stages.
+#[derive(Default)]
+struct Stats {
+    files_new: AtomicU64,
+    files_changed: AtomicU64,
+    files_unmodified: AtomicU64,
+    dirs: AtomicU64,
+    others: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_total: AtomicU64,
+    blobs_added: AtomicU64,
+    bytes_added: AtomicU64,
+    bytes_added_stored: AtomicU64,
+    packs_written: AtomicU64,
+}
+
+/// State every stage shares.
+struct Shared {
+    keys: Arc<Keys>,
+    index: Arc<BlobIndex>,
+    chunker: ChunkerParams,
+    compression: i32,
+    /// Blobs first seen in this run (queued or stored): dedup for what the index cannot know yet.
+    inflight: Mutex<HashSet<Id>>,
+    stats: Stats,
+    skipped: Mutex<Vec<Skipped>>,
+    failure: Mutex<Option<Error>>,
+    cancelled: AtomicBool,
+    progress: Arc<dyn Progress>,
+}
+
+impl Shared {
+    /// Records the first fatal error and tells every stage to stop.
+    fn fail(&self, e: Error) {
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(e);
+        }
+        self.cancelled.store(true, Relaxed);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Relaxed)
+    }
+
+    fn skip(&self, path: &Path, error: impl Into<String>) {
+        let error = error.into();
+        tracing::warn!("skipping {}: {error}", path.display());
+        self.skipped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Skipped { path: path.to_string_lossy().into_owned(), error });
+    }
+
+    /// Whether blob `id` must be stored: not indexed and not already queued in this run.
+    fn is_new(&self, id: &Id) -> Result<bool> {
+        if self.inflight.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {
+            return Ok(false);
+        }
+        if self.index.contains(id)? {
+            return Ok(false);
+        }
+        Ok(self.inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(*id))
+    }
+}
+
 /// Backs up `opts.paths` into `repo` (whose index must be loaded).
 pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn Progress>) -> Result<BackupResult> {
-    let _ = (repo, opts, progress);
-    todo!("pipeline")
+    let started = Instant::now();
+    let time_ns = jiff::Timestamp::now().as_nanosecond() as i64;
+    let roots = resolve_roots(&opts.paths)?;
+    let paths: Vec<String> = roots.iter().map(|(p, _)| p.to_string_lossy().into_owned()).collect();
+    let hostname = opts.hostname.clone().unwrap_or_else(crate::host::hostname);
+    let excludes = Excludes::new(&opts.excludes, &opts.exclude_if_present)?;
+
+    let parent = find_parent(repo, &opts.parent, &hostname, &paths).await?;
+    let parent_root = match &parent {
+        Some((_, s)) => Some(repo.load_tree(&s.tree).await?),
+        None => None,
+    };
+
+    let shared = Arc::new(Shared {
+        keys: repo.keys().clone(),
+        index: repo.index().clone(),
+        chunker: repo.config().chunker,
+        compression: repo.config().compression,
+        inflight: Mutex::new(HashSet::new()),
+        stats: Stats::default(),
+        skipped: Mutex::new(Vec::new()),
+        failure: Mutex::new(None),
+        cancelled: AtomicBool::new(false),
+        progress,
+    });
+
+    // Packs go to the uploader; it returns the index entries of every stored pack.
+    let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<FinishedPack>(1);
+    let uploader = tokio::spawn(upload_packs(
+        repo.backend().clone(),
+        pack_rx,
+        shared.clone(),
+        opts.dry_run,
+    ));
+
+    let pipeline = {
+        let shared = shared.clone();
+        let pack_size = repo.config().pack_size as usize;
+        let one_fs = opts.one_file_system;
+        let loader = TreeLoader {
+            backend: repo.backend().clone(),
+            keys: repo.keys().clone(),
+            index: repo.index().clone(),
+            rt: tokio::runtime::Handle::current(),
+        };
+        tokio::task::spawn_blocking(move || {
+            run_pipeline(&shared, roots, parent_root, &excludes, one_fs, pack_size, pack_tx, &loader)
+        })
+    };
+    let root = pipeline.await.map_err(|_| Error::Cancelled)?;
+    let packs = uploader.await.map_err(|_| Error::Cancelled)?;
+    if let Some(e) = shared.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    let (root, packs) = (root?, packs?);
+
+    if !opts.dry_run {
+        repo.save_index(packs).await?;
+    }
+    let s = &shared.stats;
+    let skipped = std::mem::take(&mut *shared.skipped.lock().unwrap_or_else(|p| p.into_inner()));
+    let snapshot = Snapshot {
+        time_ns,
+        tree: root,
+        paths,
+        hostname,
+        username: crate::host::username(),
+        tags: opts.tags.clone(),
+        parent: parent.map(|(id, _)| id),
+        program: format!("s3bk {}", env!("CARGO_PKG_VERSION")),
+        incomplete: !skipped.is_empty(),
+        summary: Summary {
+            files_new: s.files_new.load(Relaxed),
+            files_changed: s.files_changed.load(Relaxed),
+            files_unmodified: s.files_unmodified.load(Relaxed),
+            dirs: s.dirs.load(Relaxed),
+            others: s.others.load(Relaxed),
+            bytes_read: s.bytes_read.load(Relaxed),
+            bytes_total: s.bytes_total.load(Relaxed),
+            blobs_added: s.blobs_added.load(Relaxed),
+            bytes_added: s.bytes_added.load(Relaxed),
+            bytes_added_stored: s.bytes_added_stored.load(Relaxed),
+            packs_written: s.packs_written.load(Relaxed),
+            duration_secs: started.elapsed().as_secs_f64(),
+            skipped,
+        },
+    };
+    let id = if opts.dry_run { None } else { Some(repo.save_snapshot(&snapshot).await?) };
+    Ok(BackupResult { id, snapshot })
+}
+
+/// The absolute source paths with the names their entries get in the root tree.
+fn resolve_roots(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    if paths.is_empty() {
+        return Err(Error::Invalid("nothing to back up: give at least one path".into()));
+    }
+    let mut roots = Vec::new();
+    let mut names = HashSet::new();
+    for p in paths {
+        let abs = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
+        // Lexically drop `.` and `..` so `./reports/..` names what the user meant.
+        let mut clean = PathBuf::new();
+        for c in abs.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    clean.pop();
+                }
+                std::path::Component::CurDir => {}
+                c => clean.push(c),
+            }
+        }
+        clean.symlink_metadata().map_err(|e| Error::io(&clean, e))?;
+        let name = clean.file_name().map_or_else(|| b"root".to_vec(), |n| n.as_bytes().to_vec());
+        if !names.insert(name.clone()) {
+            return Err(Error::Invalid(format!(
+                "two paths end in the same name {:?}; back them up in separate snapshots or give their parent",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        roots.push((clean, name));
+    }
+    Ok(roots)
+}
+
+async fn find_parent(
+    repo: &Repository,
+    choice: &ParentChoice,
+    hostname: &str,
+    paths: &[String],
+) -> Result<Option<(Id, Snapshot)>> {
+    match choice {
+        ParentChoice::None => Ok(None),
+        ParentChoice::Id(id) => Ok(Some((*id, repo.load_snapshot(id).await?))),
+        ParentChoice::Auto => {
+            let mut want: Vec<&String> = paths.iter().collect();
+            want.sort();
+            Ok(repo
+                .snapshots()
+                .await?
+                .into_iter()
+                .filter(|e| {
+                    let mut have: Vec<&String> = e.snapshot.paths.iter().collect();
+                    have.sort();
+                    e.snapshot.hostname == hostname && have == want
+                })
+                .max_by_key(|e| e.snapshot.time_ns)
+                .map(|e| (e.id, e.snapshot)))
+        }
+    }
+}
+
+/// Lets the (blocking) walker load parent trees through the async backend.
+struct TreeLoader {
+    backend: Arc<dyn crate::backend::Backend>,
+    keys: Arc<Keys>,
+    index: Arc<BlobIndex>,
+    rt: tokio::runtime::Handle,
+}
+
+impl TreeLoader {
+    fn load(&self, id: &Id) -> Result<Tree> {
+        let loc = self.index.get(id)?.ok_or(Error::MissingBlob(*id))?;
+        let h = Handle::new(FileType::Pack, loc.pack.to_hex());
+        let sealed = self.rt.block_on(self.backend.get(&h, Some(loc.entry.range())))?;
+        let plain = crate::repo::decode_blob_with(&self.keys, &loc.entry, &sealed)?;
+        Tree::decode(&plain).map_err(|e| Error::corrupt(format!("tree {id}"), e.to_string()))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_pipeline(
+    shared: &Arc<Shared>,
+    roots: Vec<(PathBuf, Vec<u8>)>,
+    parent_root: Option<Tree>,
+    excludes: &Excludes,
+    one_file_system: bool,
+    pack_size: usize,
+    pack_tx: tokio::sync::mpsc::Sender<FinishedPack>,
+    loader: &TreeLoader,
+) -> Result<Id> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (file_tx, file_rx) = bounded::<FileJob>(256);
+    let (blob_tx, blob_rx) = bounded::<BlobJob>(2 * workers);
+    let (sealed_tx, sealed_rx) = bounded::<SealedBlob>(2 * workers);
+    let (dir_tx, dir_rx) = bounded::<DirJob>(1024);
+
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let (rx, tx) = (file_rx.clone(), blob_tx.clone());
+            s.spawn(move || read_files(shared, rx, tx));
+        }
+        for _ in 0..workers {
+            let (rx, tx) = (blob_rx.clone(), sealed_tx.clone());
+            s.spawn(move || seal_blobs(shared, rx, tx));
+        }
+        {
+            let tx = blob_tx.clone();
+            s.spawn(move || save_trees(shared, dir_rx, tx));
+        }
+        s.spawn(move || pack_blobs(shared, sealed_rx, pack_tx, pack_size));
+        drop((file_rx, blob_rx, blob_tx, sealed_tx));
+
+        let walker = Walker { shared, excludes, one_file_system, files: file_tx, dirs: dir_tx, loader };
+        let root = walker.walk_roots(roots, parent_root.as_ref());
+        drop(walker);
+        root
+    })
+}
+
+struct Walker<'a> {
+    shared: &'a Shared,
+    excludes: &'a Excludes,
+    one_file_system: bool,
+    files: Sender<FileJob>,
+    dirs: Sender<DirJob>,
+    loader: &'a TreeLoader,
+}
+
+impl Walker<'_> {
+    fn walk_roots(&self, roots: Vec<(PathBuf, Vec<u8>)>, parent: Option<&Tree>) -> Result<Id> {
+        let mut entries = Vec::new();
+        for (path, name) in roots {
+            let meta = path.symlink_metadata().map_err(|e| Error::io(&path, e))?;
+            let device = meta.dev();
+            if let Some(p) = self.entry(&path, name, &meta, parent, device)? {
+                entries.push(p);
+            }
+        }
+        let rx = self.send_dir(entries)?;
+        rx.recv().map_err(|_| Error::Cancelled)
+    }
+
+    fn send_dir(&self, entries: Vec<Pending>) -> Result<Receiver<Id>> {
+        let (reply, rx) = bounded(1);
+        self.dirs.send(DirJob { entries, reply }).map_err(|_| Error::Cancelled)?;
+        Ok(rx)
+    }
+
+    /// One entry at `path`; `None` when it is excluded.
+    fn entry(&self, path: &Path, name: Vec<u8>, meta: &Metadata, parent: Option<&Tree>, device: u64) -> Result<Option<Pending>> {
+        if self.shared.cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let (mut node, warnings) = fsmeta::node_from_metadata(name, path, meta);
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        let old = parent.and_then(|t| t.find(&node.name));
+        let stats = &self.shared.stats;
+        match node.kind {
+            NodeKind::Dir => {
+                stats.dirs.fetch_add(1, Relaxed);
+                self.shared.progress.advance(1, 0);
+                let sub = if self.one_file_system && meta.dev() != device {
+                    // A mount point: recorded, its content left out.
+                    self.send_dir(Vec::new())?
+                } else {
+                    let old_tree = old.filter(|o| o.kind == NodeKind::Dir).and_then(|o| o.subtree).and_then(|id| {
+                        self.loader.load(&id).map_err(|e| tracing::warn!("parent tree {id}: {e}")).ok()
+                    });
+                    self.walk_dir(path, old_tree.as_ref(), device)?
+                };
+                Ok(Some(Pending::Dir { node, rx: sub }))
+            }
+            NodeKind::File => {
+                stats.bytes_total.fetch_add(node.size, Relaxed);
+                if let Some(o) = old.filter(|o| unchanged(o, &node)) {
+                    if self.all_indexed(&o.content)? {
+                        node.content = o.content.clone();
+                        stats.files_unmodified.fetch_add(1, Relaxed);
+                        self.shared.progress.advance(1, node.size);
+                        return Ok(Some(Pending::Ready(node)));
+                    }
+                }
+                if old.is_some() { &stats.files_changed } else { &stats.files_new }.fetch_add(1, Relaxed);
+                let (reply, rx) = bounded(1);
+                let path = path.to_path_buf();
+                self.files.send(FileJob { path: path.clone(), node, reply }).map_err(|_| Error::Cancelled)?;
+                Ok(Some(Pending::File { path, rx }))
+            }
+            _ => {
+                stats.others.fetch_add(1, Relaxed);
+                self.shared.progress.advance(1, 0);
+                Ok(Some(Pending::Ready(node)))
+            }
+        }
+    }
+
+    fn all_indexed(&self, content: &[Extent]) -> Result<bool> {
+        for e in content {
+            if let Extent::Data(id) = e {
+                if !self.shared.index.contains(id)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn walk_dir(&self, dir: &Path, parent: Option<&Tree>, device: u64) -> Result<Receiver<Id>> {
+        let mut names: Vec<Vec<u8>> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| match e {
+                    Ok(e) => Some(e.file_name().as_bytes().to_vec()),
+                    Err(err) => {
+                        self.shared.skip(dir, format!("reading directory: {err}"));
+                        None
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                self.shared.skip(dir, format!("reading directory: {e}"));
+                Vec::new()
+            }
+        };
+        names.sort();
+        let mut entries = Vec::with_capacity(names.len());
+        if !self.excludes.dir_opted_out(dir) {
+            for name in names {
+                let path = dir.join(OsStr::from_bytes(&name));
+                if self.excludes.excluded(&path, &name) {
+                    continue;
+                }
+                let meta = match path.symlink_metadata() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.shared.skip(&path, format!("vanished or unreadable: {e}"));
+                        continue;
+                    }
+                };
+                if let Some(p) = self.entry(&path, name, &meta, parent, device)? {
+                    entries.push(p);
+                }
+            }
+        }
+        self.send_dir(entries)
+    }
+}
+
+/// Whether a file's metadata says its content cannot have changed since the parent snapshot.
+fn unchanged(old: &Node, new: &Node) -> bool {
+    old.kind == NodeKind::File
+        && !old.changed_while_read
+        && old.size == new.size
+        && old.mtime_ns == new.mtime_ns
+        && old.ctime_ns == new.ctime_ns
+        && old.inode == new.inode
+}
+
+/// Reader stage: reads, chunks and hashes files; queues chunks the repository lacks.
+fn read_files(shared: &Shared, jobs: Receiver<FileJob>, blobs: Sender<BlobJob>) {
+    for job in jobs {
+        if shared.cancelled() {
+            return;
+        }
+        let result = match read_file(shared, &job.path, job.node, &blobs) {
+            Ok(node) => Ok(node),
+            Err(ReadError::Skip(msg)) => Err(msg),
+            Err(ReadError::Fatal(e)) => {
+                shared.fail(e);
+                return;
+            }
+        };
+        // The tree saver may have stopped on a failure elsewhere; nothing more to do then.
+        let _ = job.reply.send(result);
+    }
+}
+
+enum ReadError {
+    /// This file cannot be backed up; the backup goes on.
+    Skip(String),
+    /// The backup cannot go on.
+    Fatal(Error),
+}
+
+fn read_file(shared: &Shared, path: &Path, mut node: Node, blobs: &Sender<BlobJob>) -> std::result::Result<Node, ReadError> {
+    let skip = |what: &str, e: std::io::Error| ReadError::Skip(format!("{what}: {e}"));
+    // O_NOFOLLOW and O_NONBLOCK: if the entry was swapped for a link or a FIFO since the walk,
+    // fail or return at once instead of following it or blocking.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| skip("open", e))?;
+    let before = file.metadata().map_err(|e| skip("stat", e))?;
+    if !before.is_file() {
+        return Err(ReadError::Skip("no longer a regular file".into()));
+    }
+    let extents = if fsmeta::is_sparse_candidate(&before) {
+        fsmeta::data_extents(&file, before.size()).map_err(|e| skip("finding holes", e))?
+    } else if before.size() > 0 {
+        vec![(0, before.size())]
+    } else {
+        Vec::new()
+    };
+    let mut content = Vec::new();
+    let mut pos = 0u64;
+    let mut read_total = 0u64;
+    for (start, len) in extents {
+        if start > pos {
+            content.push(Extent::Hole(start - pos));
+        }
+        (&file).seek(SeekFrom::Start(start)).map_err(|e| skip("seek", e))?;
+        for chunk in shared.chunker.chunks((&file).take(len)) {
+            if shared.cancelled() {
+                return Err(ReadError::Fatal(Error::Cancelled));
+            }
+            let data = chunk.map_err(|e| skip("read", e))?;
+            let n = data.len() as u64;
+            read_total += n;
+            let id = shared.keys.blob_id(&data);
+            content.push(Extent::Data(id));
+            if shared.is_new(&id).map_err(ReadError::Fatal)? {
+                blobs.send(BlobJob { tpe: BlobType::Data, id, data }).map_err(|_| ReadError::Fatal(Error::Cancelled))?;
+            }
+            shared.stats.bytes_read.fetch_add(n, Relaxed);
+            shared.progress.advance(0, n);
+        }
+        pos = start + len;
+    }
+    if pos < before.size() {
+        content.push(Extent::Hole(before.size() - pos));
+    }
+    let after = file.metadata().map_err(|e| skip("stat", e))?;
+    // Growth past the size read, or any change of mtime/ctime, means a torn copy.
+    if after.size() != before.size()
+        || after.mtime_nsec() != before.mtime_nsec()
+        || after.mtime() != before.mtime()
+        || after.ctime() != before.ctime()
+        || after.ctime_nsec() != before.ctime_nsec()
+        || read_total > before.size()
+    {
+        node.changed_while_read = true;
+    }
+    node.size = before.size();
+    node.content = content;
+    shared.progress.advance(1, 0);
+    Ok(node)
+}
+
+/// Tree saver: assembles directories (children arrive before parents) into tree blobs.
+fn save_trees(shared: &Shared, dirs: Receiver<DirJob>, blobs: Sender<BlobJob>) {
+    for job in dirs {
+        let mut tree = Tree::default();
+        for p in job.entries {
+            let node = match p {
+                Pending::Ready(n) => n,
+                Pending::Dir { mut node, rx } => match rx.recv() {
+                    Ok(id) => {
+                        node.subtree = Some(id);
+                        node
+                    }
+                    Err(_) => return,
+                },
+                Pending::File { path, rx } => match rx.recv() {
+                    Ok(Ok(node)) => {
+                        if node.changed_while_read {
+                            shared.skip(&path, "changed while being read; stored as read, flagged");
+                        }
+                        node
+                    }
+                    Ok(Err(msg)) => {
+                        shared.skip(&path, msg);
+                        continue;
+                    }
+                    Err(_) => return,
+                },
+            };
+            tree.nodes.push(node);
+        }
+        tree.sort();
+        let data = tree.encode();
+        let id = shared.keys.blob_id(&data);
+        match shared.is_new(&id) {
+            Ok(true) => {
+                if blobs.send(BlobJob { tpe: BlobType::Tree, id, data }).is_err() {
+                    return;
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                shared.fail(e);
+                return;
+            }
+        }
+        if job.reply.send(id).is_err() {
+            return;
+        }
+    }
+}
+
+/// Sealer stage: compresses (when it helps) and encrypts blobs.
+fn seal_blobs(shared: &Shared, jobs: Receiver<BlobJob>, out: Sender<SealedBlob>) {
+    for job in jobs {
+        let raw_len = job.data.len() as u32;
+        let compressed = crate::compress::compress(&job.data, shared.compression);
+        let sealed = shared.keys.seal(compressed.as_deref().unwrap_or(&job.data));
+        let s = &shared.stats;
+        s.blobs_added.fetch_add(1, Relaxed);
+        s.bytes_added.fetch_add(u64::from(raw_len), Relaxed);
+        s.bytes_added_stored.fetch_add(sealed.len() as u64, Relaxed);
+        let blob = SealedBlob { tpe: job.tpe, id: job.id, raw_len, compressed: compressed.is_some(), sealed };
+        if out.send(blob).is_err() {
+            return;
+        }
+    }
+}
+
+/// Packer stage: appends sealed blobs to one pack per blob type and cuts full packs.
+fn pack_blobs(
+    shared: &Shared,
+    blobs: Receiver<SealedBlob>,
+    packs: tokio::sync::mpsc::Sender<FinishedPack>,
+    pack_size: usize,
+) {
+    let mut data = PackBuilder::new(BlobType::Data, pack_size);
+    let mut trees = PackBuilder::new(BlobType::Tree, 1 << 20);
+    let send = |b: PackBuilder| packs.blocking_send(b.finish(&shared.keys)).is_ok();
+    for blob in blobs {
+        let builder = if blob.tpe == BlobType::Data { &mut data } else { &mut trees };
+        builder.add(blob.id, blob.raw_len, blob.compressed, &blob.sealed);
+        // The count cap keeps headers small for packs of tiny (tree) blobs.
+        if builder.len() >= pack_size || builder.count() >= 100_000 {
+            let full = std::mem::replace(builder, PackBuilder::new(blob.tpe, pack_size));
+            if !send(full) {
+                return;
+            }
+        }
+    }
+    if shared.cancelled() {
+        return;
+    }
+    for b in [data, trees] {
+        if !b.is_empty() && !send(b) {
+            return;
+        }
+    }
+}
+
+/// Uploader: stores packs with bounded concurrency; returns the index entries of stored packs.
+async fn upload_packs(
+    backend: Arc<dyn crate::backend::Backend>,
+    mut packs: tokio::sync::mpsc::Receiver<FinishedPack>,
+    shared: Arc<Shared>,
+    dry_run: bool,
+) -> Result<Vec<IndexPack>> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(backend.connections().max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut stored = Vec::new();
+    let mut first_error = None;
+    while let Some(pack) = packs.recv().await {
+        let permit = limit.clone().acquire_owned().await.map_err(|_| Error::Cancelled)?;
+        let backend = backend.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            if !dry_run {
+                let h = Handle::new(FileType::Pack, pack.id.to_hex());
+                match backend.put(&h, pack.data, crate::backend::PutMode::CreateOnly).await {
+                    Ok(()) | Err(crate::backend::BackendError::AlreadyExists(_)) => {}
+                    Err(e) => return Err(Error::from(e)),
+                }
+            }
+            Ok(IndexPack { id: pack.id, blobs: pack.entries })
+        });
+        while let Some(done) = tasks.try_join_next() {
+            collect(done, &mut stored, &mut first_error, &shared);
+        }
+        if first_error.is_some() {
+            break;
+        }
+    }
+    drop(packs);
+    while let Some(done) = tasks.join_next().await {
+        collect(done, &mut stored, &mut first_error, &shared);
+    }
+    match first_error {
+        Some(e) => {
+            shared.fail(e);
+            Err(Error::Cancelled)
+        }
+        None => Ok(stored),
+    }
+}
+
+fn collect(
+    done: std::result::Result<Result<IndexPack>, tokio::task::JoinError>,
+    stored: &mut Vec<IndexPack>,
+    first_error: &mut Option<Error>,
+    shared: &Shared,
+) {
+    match done {
+        Ok(Ok(p)) => {
+            shared.stats.packs_written.fetch_add(1, Relaxed);
+            stored.push(p);
+        }
+        Ok(Err(e)) => {
+            first_error.get_or_insert(e);
+        }
+        Err(_) => {
+            first_error.get_or_insert(Error::Cancelled);
+        }
+    }
 }

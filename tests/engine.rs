@@ -1,0 +1,172 @@
+//! End-to-end tests of the library: backup, restore, change detection, browse, hostile input.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use s3bk::archiver::{BackupOptions, ParentChoice, backup};
+use s3bk::backend::{Backend, LocalBackend};
+use s3bk::chunker::ChunkerParams;
+use s3bk::keyfile::KdfParams;
+use s3bk::progress::NoProgress;
+use s3bk::repo::{InitOptions, Repository, Secret};
+use s3bk::restorer::{Overwrite, RestoreOptions, restore};
+use s3bk::tree::NodeKind;
+
+fn test_init() -> InitOptions {
+    InitOptions {
+        kdf: KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 },
+        chunker: Some(ChunkerParams { min: 16 << 10, avg: 64 << 10, max: 256 << 10, seed: 7 }),
+        pack_size: 1 << 20,
+        ..InitOptions::default()
+    }
+}
+
+async fn new_repo(dir: &Path) -> Repository {
+    let be: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir));
+    let mut repo = Repository::init(be, &Secret::passphrase("pw"), &test_init()).await.unwrap();
+    repo.load_index(None).await.unwrap();
+    repo
+}
+
+async fn reopen(dir: &Path, cache: &Path) -> Repository {
+    let be: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir));
+    let mut repo = Repository::open(be, &Secret::passphrase("pw")).await.unwrap();
+    repo.load_index(Some(cache)).await.unwrap();
+    repo
+}
+
+fn opts(path: &Path) -> BackupOptions {
+    BackupOptions { paths: vec![path.to_path_buf()], ..BackupOptions::default() }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_trip_keeps_every_byte_and_attribute() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    common::make_fixture_tree(&src);
+    let repo = new_repo(&tmp.path().join("repo")).await;
+    let r = backup(&repo, &opts(&src), Arc::new(NoProgress)).await.unwrap();
+    assert!(r.id.is_some());
+    assert!(!r.snapshot.incomplete, "skipped: {:?}", r.snapshot.summary.skipped);
+    assert!(r.snapshot.summary.bytes_read < 20 << 20, "holes were read as data: {}", r.snapshot.summary.bytes_read);
+
+    let repo = reopen(&tmp.path().join("repo"), &tmp.path().join("cache")).await;
+    let snap = repo.load_snapshot(&r.id.unwrap()).await.unwrap();
+    let target = tmp.path().join("restore");
+    let ro = RestoreOptions { target: target.clone(), owner: true, ..RestoreOptions::default() };
+    let s = restore(&repo, &snap, &ro, Arc::new(NoProgress)).await.unwrap();
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    common::assert_same_tree(&src, &target.join("src"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unchanged_rebackup_reads_nothing_and_changes_are_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    common::make_fixture_tree(&src);
+    let repo_dir = tmp.path().join("repo");
+    new_repo(&repo_dir).await;
+    let cache = tmp.path().join("cache");
+    let repo = reopen(&repo_dir, &cache).await;
+    let first = backup(&repo, &opts(&src), Arc::new(NoProgress)).await.unwrap();
+    assert!(first.snapshot.summary.bytes_read > 0);
+
+    let repo = reopen(&repo_dir, &cache).await;
+    let second = backup(&repo, &opts(&src), Arc::new(NoProgress)).await.unwrap();
+    let s = &second.snapshot.summary;
+    assert_eq!(s.bytes_read, 0, "{s:?}");
+    assert_eq!(s.files_new + s.files_changed, 0);
+    assert_eq!(s.blobs_added, 0, "an unchanged tree adds nothing");
+    assert_eq!(second.snapshot.tree, first.snapshot.tree);
+    assert_eq!(second.snapshot.parent, first.id);
+
+    std::fs::write(src.join("hello.txt"), b"changed!").unwrap();
+    let third = backup(&repo, &opts(&src), Arc::new(NoProgress)).await.unwrap();
+    // hello.txt has a hard link, so both names changed.
+    assert_eq!(third.snapshot.summary.files_changed, 2);
+    assert_eq!(third.snapshot.summary.bytes_read, 16);
+    let d = s3bk::browse::diff(&repo, &second.snapshot.tree, &third.snapshot.tree).await.unwrap();
+    assert!(d.iter().any(|(p, c)| p == b"src/hello.txt" && *c == s3bk::browse::Change::Modified), "{d:?}");
+
+    let forced = BackupOptions { parent: ParentChoice::None, ..opts(&src) };
+    let fourth = backup(&repo, &forced, Arc::new(NoProgress)).await.unwrap();
+    assert!(fourth.snapshot.summary.bytes_read > 3 << 20);
+    assert_eq!(fourth.snapshot.summary.blobs_added, 0, "rehash finds everything stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn excludes_and_opt_out_markers_leave_entries_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("keep/cache")).unwrap();
+    std::fs::create_dir_all(src.join("private")).unwrap();
+    std::fs::write(src.join("keep/a.txt"), b"a").unwrap();
+    std::fs::write(src.join("keep/b.tmp"), b"b").unwrap();
+    std::fs::write(src.join("keep/cache/c"), b"c").unwrap();
+    std::fs::write(src.join("private/.nobackup"), b"").unwrap();
+    std::fs::write(src.join("private/secret"), b"s").unwrap();
+    let repo = new_repo(&tmp.path().join("repo")).await;
+    let o = BackupOptions {
+        excludes: vec!["*.tmp".into(), "**/keep/cache".into()],
+        exclude_if_present: vec![".nobackup".into()],
+        ..opts(&src)
+    };
+    let r = backup(&repo, &o, Arc::new(NoProgress)).await.unwrap();
+    let names: Vec<String> = s3bk::browse::walk(&repo, &r.snapshot.tree, b"")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| String::from_utf8(e.path).unwrap())
+        .collect();
+    assert_eq!(names, ["src", "src/keep", "src/keep/a.txt", "src/private"]);
+
+    let missing = BackupOptions { paths: vec![src.join("does-not-exist")], ..BackupOptions::default() };
+    assert!(backup(&repo, &missing, Arc::new(NoProgress)).await.is_err(), "a missing source path is an error");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_filters_and_overwrite_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    common::make_fixture_tree(&src);
+    let repo = new_repo(&tmp.path().join("repo")).await;
+    let r = backup(&repo, &opts(&src), Arc::new(NoProgress)).await.unwrap();
+    let target = tmp.path().join("t");
+    let only = RestoreOptions { target: target.clone(), includes: vec!["src/dir/sub/**".into()], ..RestoreOptions::default() };
+    restore(&repo, &r.snapshot, &only, Arc::new(NoProgress)).await.unwrap();
+    assert!(target.join("src/dir/sub/deeper/note.md").exists());
+    assert!(!target.join("src/hello.txt").exists());
+    assert!(!target.join("src/dir/big.bin").exists());
+
+    let all = RestoreOptions { target: target.clone(), owner: true, ..RestoreOptions::default() };
+    let first = restore(&repo, &r.snapshot, &all, Arc::new(NoProgress)).await.unwrap();
+    // note.md was already there from the include-only restore.
+    assert_eq!((first.files_restored, first.files_skipped), (6, 1), "{first:?}");
+    // A second restore finds everything in place and rewrites nothing.
+    let again = restore(&repo, &r.snapshot, &all, Arc::new(NoProgress)).await.unwrap();
+    assert_eq!(again.bytes_written, 0, "{again:?}");
+    assert_eq!((again.files_restored, again.files_skipped), (0, 7), "{again:?}");
+    std::fs::write(target.join("src/hello.txt"), b"local edit").unwrap();
+    let never = RestoreOptions { overwrite: Overwrite::Never, ..all.clone() };
+    restore(&repo, &r.snapshot, &never, Arc::new(NoProgress)).await.unwrap();
+    assert_eq!(std::fs::read(target.join("src/hello.txt")).unwrap(), b"local edit");
+    restore(&repo, &r.snapshot, &all, Arc::new(NoProgress)).await.unwrap();
+    common::assert_same_tree(&src, &target.join("src"));
+
+    let entries = s3bk::browse::walk(&repo, &r.snapshot.tree, b"src/dir").await.unwrap();
+    assert!(entries.iter().any(|e| e.path == b"src/dir/big.bin" && e.node.kind == NodeKind::File));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_password_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    new_repo(&tmp.path().join("repo")).await;
+    let be: Arc<dyn Backend> = Arc::new(LocalBackend::new(tmp.path().join("repo")));
+    let err = Repository::open(be, &Secret::passphrase("nope")).await.unwrap_err();
+    assert!(matches!(err, s3bk::error::Error::WrongKey(1)), "{err}");
+    let be: Arc<dyn Backend> = Arc::new(LocalBackend::new(tmp.path().join("nothing")));
+    let err = Repository::open(be, &Secret::passphrase("pw")).await.unwrap_err();
+    assert!(matches!(err, s3bk::error::Error::NoRepository(_)), "{err}");
+}
