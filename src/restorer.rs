@@ -137,7 +137,7 @@ pub async fn restore(
 
     let written = AtomicU64::new(0);
     let paths: Vec<&Path> = files.iter().map(|(p, _)| p.as_path()).collect();
-    let mut pending: HashMap<usize, (Option<Arc<std::fs::File>>, usize)> = HashMap::new();
+    let mut pending: HashMap<usize, OpenFile> = HashMap::new();
     for (_, i, _) in by_pack.values().flatten() {
         pending.entry(*i).or_insert((None, 0)).1 += 1;
     }
@@ -332,6 +332,9 @@ fn replace_with(path: &Path, policy: Overwrite, make: impl FnOnce(&Path) -> std:
     make(path).map_err(|e| Error::io(path, e))
 }
 
+/// An open restored file (once first written) and how many of its blobs are still to come.
+type OpenFile = (Option<Arc<std::fs::File>>, usize);
+
 /// Shared state of the content-writing phase.
 struct WriteCtx<'a> {
     repo: &'a Repository,
@@ -340,7 +343,7 @@ struct WriteCtx<'a> {
     progress: &'a dyn Progress,
     /// Open handles with the number of blobs each still awaits: a file split over many packs
     /// is opened once, and closed when its last blob is written (bounding open descriptors).
-    open: Mutex<HashMap<usize, (Option<Arc<std::fs::File>>, usize)>>,
+    open: Mutex<HashMap<usize, OpenFile>>,
 }
 
 /// Blobs closer than this in a pack are fetched in one read (skipping the gap costs less than a request).

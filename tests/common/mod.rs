@@ -38,7 +38,7 @@ pub fn make_fixture_tree(root: &Path) -> bool {
     std::fs::hard_link(root.join("hello.txt"), root.join("dir/hardlink-to-hello")).unwrap();
     let weird = root.join(OsStr::from_bytes(b"caf\xe9 \xff name"));
     std::fs::write(&weird, b"latin-1 name").unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &root.join("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o640), 0).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, root.join("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o640), 0).unwrap();
     let _sock = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
     std::fs::set_permissions(root.join("dir/sub"), std::fs::Permissions::from_mode(0o750)).unwrap();
     std::fs::set_permissions(root.join("hello.txt"), std::fs::Permissions::from_mode(0o604)).unwrap();
