@@ -1,6 +1,8 @@
 //! Logging: a `tracing` subscriber writing to stderr. Warnings by default, `-v` for info, `-vv`
 //! for debug, `-vvv` for trace, `-q` for errors only; `RUST_LOG` overrides all of them.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber.
@@ -22,6 +24,7 @@ pub fn init(verbose: u8, quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(verbose >= 2)
         .try_init();
 }

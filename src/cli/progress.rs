@@ -32,7 +32,8 @@ impl Bar {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         } else {
-            ProgressBar::hidden()
+            // `ProgressBar::hidden()`, but with a length so totals are kept.
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden())
         };
         Self {
             bar,
