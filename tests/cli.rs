@@ -425,3 +425,34 @@ fn init_without_configuration_creates_the_default_repository() {
     h.cmd().arg("init").assert().code(1);
     assert_eq!(fs::read_to_string(&key).unwrap(), secret);
 }
+
+#[test]
+fn backup_creates_nothing_on_a_dry_run_or_bad_options() {
+    let h = Home::new();
+    let src = h.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), "hello").unwrap();
+    let repo = h.path("data").join("s3bk").join("repo");
+    let key = h.config_dir().join("s3bk").join("key");
+
+    h.cmd()
+        .args(["backup", "--exclude-file", "missing.txt"])
+        .arg(&src)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("missing.txt"));
+    h.cmd()
+        .args(["backup", "--parent", "abc", "--force-rehash"])
+        .arg(&src)
+        .assert()
+        .code(2);
+    // Whatever the archiver does with it, a dry run must not create the default repository.
+    let _ = h
+        .cmd()
+        .args(["backup", "--dry-run", "--json"])
+        .arg(&src)
+        .env("RUST_BACKTRACE", "0")
+        .output();
+    assert!(!repo.exists());
+    assert!(!key.exists());
+}

@@ -95,7 +95,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
         paths.push(std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?);
     }
 
-    let opened = ctx.open_or_create_default().await?;
+    let opened = ctx.open_or_create_default(args.dry_run).await?;
     let repo = &opened.repo;
     let parent = match (&args.parent, args.force_rehash) {
         (_, true) => ParentChoice::None,

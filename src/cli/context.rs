@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
-use s3bk::backend::Handle;
+use s3bk::backend::{Handle, MemoryBackend};
 use s3bk::error::Error;
+use s3bk::keyfile::KdfParams;
 use s3bk::repo::{InitOptions, Repository, Secret};
 
 use super::GlobalArgs;
@@ -163,15 +164,44 @@ impl Ctx {
     }
 
     /// Like [`Self::open`] with the index, but creates the default repository when no location
-    /// is configured and it does not exist yet (for `backup`).
-    pub async fn open_or_create_default(&self) -> anyhow::Result<Opened> {
+    /// is configured and it does not exist yet (for `backup`). A dry run creates nothing: it
+    /// gets a throwaway in-memory repository instead.
+    pub async fn open_or_create_default(&self, dry_run: bool) -> anyhow::Result<Opened> {
         if self.configured_location()?.is_none() {
             let default = DefaultRepo::new()?;
             if !default.exists() {
+                if dry_run {
+                    return self.scratch(&default).await;
+                }
                 return self.create_default(&default).await;
             }
         }
         self.open(true).await
+    }
+
+    /// An empty in-memory repository, for a dry run before the default repository exists.
+    async fn scratch(&self, default: &DefaultRepo) -> anyhow::Result<Opened> {
+        self.note(format_args!(
+            "dry run: the default repository {} does not exist yet and will not be created",
+            default.repo.display()
+        ));
+        let opts = InitOptions {
+            kdf: KdfParams {
+                m_cost: 8 * 1024,
+                t_cost: 1,
+                p_cost: 1,
+            },
+            ..InitOptions::default()
+        };
+        let backend = Arc::new(MemoryBackend::new());
+        let secret = Secret::passphrase(location::random_passphrase().into_bytes());
+        let repo = Repository::init(backend, &secret, &opts)
+            .await
+            .context("creating a scratch repository for the dry run")?;
+        Ok(Opened {
+            repo,
+            location: default.location(),
+        })
     }
 
     /// Brings the repository's index up to date (through the cache unless `--no-cache`).

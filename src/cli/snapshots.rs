@@ -1,5 +1,7 @@
 //! `s3bk snapshots`: lists snapshots, narrowed by host/path/tag, as a table or as JSON.
 
+use std::io::Write;
+
 use anyhow::Context;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, ContentArrangement, Table};
@@ -89,11 +91,15 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
             c.set_cell_alignment(CellAlignment::Right);
         }
     }
-    println!("{table}");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{table}")?;
     if !ctx.global.quiet {
-        println!("{} snapshots", list.len());
+        writeln!(out, "{} snapshots", list.len())?;
         if incomplete {
-            println!("* incomplete: some paths were skipped (see `s3bk snapshots --json`)");
+            writeln!(
+                out,
+                "* incomplete: some paths were skipped (see `s3bk snapshots --json`)"
+            )?;
         }
     }
     Ok(exit::OK)
