@@ -102,7 +102,11 @@ impl Excludes {
                 .backslash_escape(true)
                 .build()
                 .map_err(|e| Error::Invalid(format!("exclude pattern {p:?}: {e}")))?;
-            if p.contains('/') { paths.add(glob) } else { names.add(glob) };
+            if p.contains('/') {
+                paths.add(glob)
+            } else {
+                names.add(glob)
+            };
         }
         let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::Invalid(e.to_string()));
         Ok(Self { names: build(names)?, paths: build(paths)?, if_present: if_present.to_vec() })
@@ -249,12 +253,7 @@ pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn P
 
     // Packs go to the uploader; it returns the index entries of every stored pack.
     let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<FinishedPack>(1);
-    let uploader = tokio::spawn(upload_packs(
-        repo.backend().clone(),
-        pack_rx,
-        shared.clone(),
-        opts.dry_run,
-    ));
+    let uploader = tokio::spawn(upload_packs(repo.backend().clone(), pack_rx, shared.clone(), opts.dry_run));
 
     let pipeline = {
         let shared = shared.clone();
@@ -460,7 +459,14 @@ impl Walker<'_> {
     }
 
     /// One entry at `path`; `None` when it is excluded.
-    fn entry(&self, path: &Path, name: Vec<u8>, meta: &Metadata, parent: Option<&Tree>, device: u64) -> Result<Option<Pending>> {
+    fn entry(
+        &self,
+        path: &Path,
+        name: Vec<u8>,
+        meta: &Metadata,
+        parent: Option<&Tree>,
+        device: u64,
+    ) -> Result<Option<Pending>> {
         if self.shared.cancelled() {
             return Err(Error::Cancelled);
         }
@@ -478,9 +484,10 @@ impl Walker<'_> {
                     // A mount point: recorded, its content left out.
                     self.send_dir(Vec::new())?
                 } else {
-                    let old_tree = old.filter(|o| o.kind == NodeKind::Dir).and_then(|o| o.subtree).and_then(|id| {
-                        self.loader.load(&id).map_err(|e| tracing::warn!("parent tree {id}: {e}")).ok()
-                    });
+                    let old_tree = old
+                        .filter(|o| o.kind == NodeKind::Dir)
+                        .and_then(|o| o.subtree)
+                        .and_then(|id| self.loader.load(&id).map_err(|e| tracing::warn!("parent tree {id}: {e}")).ok());
                     self.walk_dir(path, old_tree.as_ref(), device)?
                 };
                 Ok(Some(Pending::Dir { node, rx: sub }))
@@ -596,7 +603,12 @@ enum ReadError {
     Fatal(Error),
 }
 
-fn read_file(shared: &Shared, path: &Path, mut node: Node, blobs: &Sender<BlobJob>) -> std::result::Result<Node, ReadError> {
+fn read_file(
+    shared: &Shared,
+    path: &Path,
+    mut node: Node,
+    blobs: &Sender<BlobJob>,
+) -> std::result::Result<Node, ReadError> {
     let skip = |what: &str, e: std::io::Error| ReadError::Skip(format!("{what}: {e}"));
     // O_NOFOLLOW and O_NONBLOCK: if the entry was swapped for a link or a FIFO since the walk,
     // fail or return at once instead of following it or blocking.
@@ -634,7 +646,9 @@ fn read_file(shared: &Shared, path: &Path, mut node: Node, blobs: &Sender<BlobJo
             let id = shared.keys.blob_id(&data);
             content.push(Extent::Data(id));
             if shared.is_new(&id).map_err(ReadError::Fatal)? {
-                blobs.send(BlobJob { tpe: BlobType::Data, id, data }).map_err(|_| ReadError::Fatal(Error::Cancelled))?;
+                blobs
+                    .send(BlobJob { tpe: BlobType::Data, id, data })
+                    .map_err(|_| ReadError::Fatal(Error::Cancelled))?;
             }
             shared.stats.bytes_read.fetch_add(n, Relaxed);
             shared.progress.advance(0, n);

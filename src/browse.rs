@@ -45,10 +45,9 @@ pub async fn walk(repo: &Repository, root: &Id, prefix: &[u8]) -> Result<Vec<Ent
     let mut tree = repo.load_tree(root).await?;
     let mut at = Vec::new();
     for part in prefix.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
-        let node = tree
-            .find(part)
-            .cloned()
-            .ok_or_else(|| crate::error::Error::Invalid(format!("no {:?} in the snapshot", String::from_utf8_lossy(prefix))))?;
+        let node = tree.find(part).cloned().ok_or_else(|| {
+            crate::error::Error::Invalid(format!("no {:?} in the snapshot", String::from_utf8_lossy(prefix)))
+        })?;
         at = join(&at, part);
         match node.subtree {
             Some(sub) => tree = repo.load_tree(&sub).await?,
@@ -81,7 +80,13 @@ pub async fn diff(repo: &Repository, a: &Id, b: &Id) -> Result<Vec<(Vec<u8>, Cha
     Ok(out)
 }
 
-async fn diff_into(repo: &Repository, a: Option<Id>, b: Option<Id>, at: Vec<u8>, out: &mut Vec<(Vec<u8>, Change)>) -> Result<()> {
+async fn diff_into(
+    repo: &Repository,
+    a: Option<Id>,
+    b: Option<Id>,
+    at: Vec<u8>,
+    out: &mut Vec<(Vec<u8>, Change)>,
+) -> Result<()> {
     if a == b {
         return Ok(());
     }
@@ -120,7 +125,12 @@ async fn diff_into(repo: &Repository, a: Option<Id>, b: Option<Id>, at: Vec<u8>,
                     out.push((path.clone(), Change::Type));
                 } else if x.kind != NodeKind::Dir && (x.content != y.content || x.link_target != y.link_target) {
                     out.push((path.clone(), Change::Modified));
-                } else if x.mode != y.mode || x.uid != y.uid || x.gid != y.gid || x.mtime_ns != y.mtime_ns || x.xattrs != y.xattrs {
+                } else if x.mode != y.mode
+                    || x.uid != y.uid
+                    || x.gid != y.gid
+                    || x.mtime_ns != y.mtime_ns
+                    || x.xattrs != y.xattrs
+                {
                     out.push((path.clone(), Change::Metadata));
                 }
                 if x.kind == NodeKind::Dir || y.kind == NodeKind::Dir {

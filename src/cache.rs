@@ -136,8 +136,7 @@ impl BlobIndex {
     /// Where blob `id` is stored, if indexed.
     pub fn get(&self, id: &Id) -> Result<Option<Location>> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT pack, flags, offset, length, raw_len FROM blobs WHERE id = ?1")?;
+        let mut stmt = conn.prepare_cached("SELECT pack, flags, offset, length, raw_len FROM blobs WHERE id = ?1")?;
         let row = stmt
             .query_row([&id.0[..]], |r| {
                 Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u8>(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -174,9 +173,14 @@ impl BlobIndex {
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let id = Id::from_slice(&r.get::<_, Vec<u8>>(0)?).ok_or_else(|| Error::corrupt("local cache", "bad id"))?;
-            let pack = Id::from_slice(&r.get::<_, Vec<u8>>(1)?).ok_or_else(|| Error::corrupt("local cache", "bad id"))?;
-            let (tpe, compressed) = BlobEntry::from_flags(r.get(2)?).ok_or_else(|| Error::corrupt("local cache", "flags"))?;
-            f(Location { pack, entry: BlobEntry { id, tpe, offset: r.get(3)?, length: r.get(4)?, raw_len: r.get(5)?, compressed } })?;
+            let pack =
+                Id::from_slice(&r.get::<_, Vec<u8>>(1)?).ok_or_else(|| Error::corrupt("local cache", "bad id"))?;
+            let (tpe, compressed) =
+                BlobEntry::from_flags(r.get(2)?).ok_or_else(|| Error::corrupt("local cache", "flags"))?;
+            f(Location {
+                pack,
+                entry: BlobEntry { id, tpe, offset: r.get(3)?, length: r.get(4)?, raw_len: r.get(5)?, compressed },
+            })?;
         }
         Ok(())
     }
@@ -208,7 +212,10 @@ mod tests {
         idx.add_index_files(&[(Id([5; 32]), file)]).unwrap();
         drop(idx);
         let idx = BlobIndex::open(Some(&path)).unwrap();
-        assert_eq!(idx.get(&Id([2; 32])).unwrap(), Some(Location { pack: Id([9; 32]), entry: entry(2, BlobType::Tree) }));
+        assert_eq!(
+            idx.get(&Id([2; 32])).unwrap(),
+            Some(Location { pack: Id([9; 32]), entry: entry(2, BlobType::Tree) })
+        );
         assert!(idx.contains(&Id([1; 32])).unwrap());
         assert!(!idx.contains(&Id([3; 32])).unwrap());
         assert_eq!(idx.counts().unwrap(), (1, 1));

@@ -30,9 +30,7 @@ pub enum Error {
     #[error("repository is locked: {0}")]
     Locked(String),
     /// The repository was written by a newer s3bk.
-    #[error(
-        "repository format version {found} is newer than this s3bk understands ({supported}); upgrade s3bk"
-    )]
+    #[error("repository format version {found} is newer than this s3bk understands ({supported}); upgrade s3bk")]
     UnsupportedVersion {
         /// Version in the repository.
         found: u32,

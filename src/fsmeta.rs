@@ -53,10 +53,7 @@ pub fn node_from_metadata(name: Vec<u8>, path: &Path, meta: &Metadata) -> (Node,
         NodeKind::BlockDevice
     } else {
         // Linux has no other file types; recording it as an empty file is the least harmful.
-        warnings.push(format!(
-            "{}: unknown file type, recorded as a file",
-            path.display()
-        ));
+        warnings.push(format!("{}: unknown file type, recorded as a file", path.display()));
         NodeKind::File
     };
 
@@ -70,11 +67,7 @@ pub fn node_from_metadata(name: Vec<u8>, path: &Path, meta: &Metadata) -> (Node,
     node.ctime_ns = to_ns(meta.ctime(), meta.ctime_nsec());
     // Only a regular file's size means content; a symlink's is its target length, a
     // directory's is filesystem-specific.
-    node.size = if kind == NodeKind::File {
-        meta.size()
-    } else {
-        0
-    };
+    node.size = if kind == NodeKind::File { meta.size() } else { 0 };
     node.inode = meta.ino();
     node.device = meta.dev();
     node.links = meta.nlink();
@@ -116,17 +109,10 @@ fn read_xattrs(path: &Path, warnings: &mut Vec<String>) -> Vec<Xattr> {
     let mut out = Vec::new();
     for name in names {
         match xattr::get(path, &name) {
-            Ok(Some(value)) => out.push(Xattr {
-                name: name.into_vec(),
-                value,
-            }),
+            Ok(Some(value)) => out.push(Xattr { name: name.into_vec(), value }),
             // Removed between list and get: nothing to record.
             Ok(None) => {}
-            Err(e) => warnings.push(format!(
-                "cannot read xattr {} of {}: {e}",
-                name.to_string_lossy(),
-                path.display()
-            )),
+            Err(e) => warnings.push(format!("cannot read xattr {} of {}: {e}", name.to_string_lossy(), path.display())),
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -142,9 +128,7 @@ fn user_name(uid: u32) -> Option<String> {
     let mut cache = USERS.lock().unwrap_or_else(|e| e.into_inner());
     cache
         .entry(uid)
-        .or_insert_with(|| {
-            uzers::get_user_by_uid(uid).and_then(|u| u.name().to_str().map(String::from))
-        })
+        .or_insert_with(|| uzers::get_user_by_uid(uid).and_then(|u| u.name().to_str().map(String::from)))
         .clone()
 }
 
@@ -152,9 +136,7 @@ fn group_name(gid: u32) -> Option<String> {
     let mut cache = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
     cache
         .entry(gid)
-        .or_insert_with(|| {
-            uzers::get_group_by_gid(gid).and_then(|g| g.name().to_str().map(String::from))
-        })
+        .or_insert_with(|| uzers::get_group_by_gid(gid).and_then(|g| g.name().to_str().map(String::from)))
         .clone()
 }
 
@@ -175,11 +157,7 @@ pub fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
 fn probe_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
     let unsupported = |e: Errno| e == Errno::INVAL || e == Errno::OPNOTSUPP;
     let whole = || {
-        if size == 0 {
-            Vec::new()
-        } else {
-            vec![(0, size)]
-        }
+        if size == 0 { Vec::new() } else { vec![(0, size)] }
     };
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut pos = 0;
@@ -263,21 +241,13 @@ pub fn apply_metadata(path: &Path, node: &Node, opts: &ApplyOptions) -> Vec<Stri
         let uid = (node.uid != u32::MAX).then(|| Uid::from_raw(node.uid));
         let gid = (node.gid != u32::MAX).then(|| Gid::from_raw(node.gid));
         if let Err(e) = rustix::fs::chownat(CWD, path, uid, gid, AtFlags::SYMLINK_NOFOLLOW) {
-            warnings.push(format!(
-                "cannot set owner {}:{} on {shown}: {}",
-                node.uid,
-                node.gid,
-                io::Error::from(e)
-            ));
+            warnings.push(format!("cannot set owner {}:{} on {shown}: {}", node.uid, node.gid, io::Error::from(e)));
         }
     }
 
     if node.kind != NodeKind::Symlink {
         if let Err(e) = chmod_nofollow(path, node.mode & 0o7777) {
-            warnings.push(format!(
-                "cannot set mode {:o} on {shown}: {e}",
-                node.mode & 0o7777
-            ));
+            warnings.push(format!("cannot set mode {:o} on {shown}: {e}", node.mode & 0o7777));
         }
     }
 
@@ -285,27 +255,15 @@ pub fn apply_metadata(path: &Path, node: &Node, opts: &ApplyOptions) -> Vec<Stri
         for x in &node.xattrs {
             // xattr::set is lsetxattr on Linux: a symlink's own attributes, never its target's.
             if let Err(e) = xattr::set(path, OsStr::from_bytes(&x.name), &x.value) {
-                warnings.push(format!(
-                    "cannot set xattr {} on {shown}: {e}",
-                    String::from_utf8_lossy(&x.name)
-                ));
+                warnings.push(format!("cannot set xattr {} on {shown}: {e}", String::from_utf8_lossy(&x.name)));
             }
         }
     }
 
-    let ts = Timespec {
-        tv_sec: node.mtime_ns.div_euclid(NS_PER_SEC),
-        tv_nsec: node.mtime_ns.rem_euclid(NS_PER_SEC),
-    };
-    let times = Timestamps {
-        last_access: ts,
-        last_modification: ts,
-    };
+    let ts = Timespec { tv_sec: node.mtime_ns.div_euclid(NS_PER_SEC), tv_nsec: node.mtime_ns.rem_euclid(NS_PER_SEC) };
+    let times = Timestamps { last_access: ts, last_modification: ts };
     if let Err(e) = rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW) {
-        warnings.push(format!(
-            "cannot set times on {shown}: {}",
-            io::Error::from(e)
-        ));
+        warnings.push(format!("cannot set times on {shown}: {}", io::Error::from(e)));
     }
     warnings
 }
@@ -317,11 +275,7 @@ pub fn apply_metadata(path: &Path, node: &Node, opts: &ApplyOptions) -> Vec<Stri
 /// descriptor opened `O_NOFOLLOW`, checked not to be a symlink, and changed through its
 /// `/proc/self/fd` link, as glibc does; that cannot be redirected by swapping the path.
 fn chmod_nofollow(path: &Path, mode: u32) -> io::Result<()> {
-    let fd = rustix::fs::open(
-        path,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let fd = rustix::fs::open(path, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
     let stat = rustix::fs::fstat(&fd)?;
     if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink {
         return Err(io::Error::other("is a symlink, its mode cannot be changed"));
@@ -374,10 +328,7 @@ mod tests {
     }
 
     fn no_owner() -> ApplyOptions {
-        ApplyOptions {
-            owner: false,
-            xattrs: false,
-        }
+        ApplyOptions { owner: false, xattrs: false }
     }
 
     #[test]
@@ -445,11 +396,7 @@ mod tests {
         // Never replaces what is there.
         let e = create_special(&path, &want).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
-        let e = create_special(
-            &dir.path().join("x"),
-            &Node::new(b"x".to_vec(), NodeKind::File),
-        )
-        .unwrap_err();
+        let e = create_special(&dir.path().join("x"), &Node::new(b"x".to_vec(), NodeKind::File)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
@@ -486,12 +433,7 @@ mod tests {
     fn sparse_file_extents() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sparse");
-        let mut f = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
+        let mut f = File::options().read(true).write(true).create_new(true).open(&path).unwrap();
         f.write_all(b"a").unwrap();
         f.seek(io::SeekFrom::Start(64 * MIB)).unwrap();
         f.write_all(b"b").unwrap();
@@ -507,14 +449,8 @@ mod tests {
             assert!(total < 8 * MIB, "{ext:?}");
             let covers = |off: u64| ext.iter().any(|&(o, l)| o <= off && off < o + l);
             assert!(covers(0) && covers(64 * MIB), "{ext:?}");
-            assert!(
-                ext.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0),
-                "sorted, merged: {ext:?}"
-            );
-            assert!(
-                ext.iter().all(|&(o, l)| l > 0 && o + l <= 128 * MIB),
-                "{ext:?}"
-            );
+            assert!(ext.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0), "sorted, merged: {ext:?}");
+            assert!(ext.iter().all(|&(o, l)| l > 0 && o + l <= 128 * MIB), "{ext:?}");
         } else {
             // The filesystem allocated the holes: the fallback is one region.
             assert_eq!(ext, vec![(0, 128 * MIB)]);
@@ -538,9 +474,7 @@ mod tests {
         // A symlink occupies no blocks yet has a length; it is never a candidate.
         let link = dir.path().join("link");
         symlink("holes", &link).unwrap();
-        assert!(!is_sparse_candidate(
-            &std::fs::symlink_metadata(&link).unwrap()
-        ));
+        assert!(!is_sparse_candidate(&std::fs::symlink_metadata(&link).unwrap()));
     }
 
     #[test]
@@ -551,11 +485,7 @@ mod tests {
         if let Err(e) = xattr::set(&src, "user.test", b"hello") {
             // Only a filesystem without user xattrs may skip this test, and then reading must
             // quietly find none.
-            assert_eq!(
-                e.raw_os_error(),
-                Some(Errno::OPNOTSUPP.raw_os_error()),
-                "{e}"
-            );
+            assert_eq!(e.raw_os_error(), Some(Errno::OPNOTSUPP.raw_os_error()), "{e}");
             let (node, w) = lnode(&src);
             assert!(node.xattrs.is_empty() && w.is_empty());
             return;
@@ -563,49 +493,22 @@ mod tests {
         xattr::set(&src, "user.a", b"\x00\xff").unwrap();
         let (node, w) = lnode(&src);
         assert!(w.is_empty(), "{w:?}");
-        assert!(
-            node.xattrs.windows(2).all(|w| w[0].name < w[1].name),
-            "sorted"
-        );
-        let user: Vec<_> = node
-            .xattrs
-            .iter()
-            .filter(|x| x.name.starts_with(b"user."))
-            .cloned()
-            .collect();
+        assert!(node.xattrs.windows(2).all(|w| w[0].name < w[1].name), "sorted");
+        let user: Vec<_> = node.xattrs.iter().filter(|x| x.name.starts_with(b"user.")).cloned().collect();
         assert_eq!(
             user,
             vec![
-                Xattr {
-                    name: b"user.a".to_vec(),
-                    value: b"\x00\xff".to_vec()
-                },
-                Xattr {
-                    name: b"user.test".to_vec(),
-                    value: b"hello".to_vec()
-                },
+                Xattr { name: b"user.a".to_vec(), value: b"\x00\xff".to_vec() },
+                Xattr { name: b"user.test".to_vec(), value: b"hello".to_vec() },
             ]
         );
 
         let dst = dir.path().join("dst");
         std::fs::write(&dst, b"x").unwrap();
-        let w = apply_metadata(
-            &dst,
-            &node,
-            &ApplyOptions {
-                owner: false,
-                xattrs: true,
-            },
-        );
+        let w = apply_metadata(&dst, &node, &ApplyOptions { owner: false, xattrs: true });
         assert!(w.is_empty(), "{w:?}");
-        assert_eq!(
-            xattr::get(&dst, "user.test").unwrap().as_deref(),
-            Some(&b"hello"[..])
-        );
-        assert_eq!(
-            xattr::get(&dst, "user.a").unwrap().as_deref(),
-            Some(&b"\x00\xff"[..])
-        );
+        assert_eq!(xattr::get(&dst, "user.test").unwrap().as_deref(), Some(&b"hello"[..]));
+        assert_eq!(xattr::get(&dst, "user.a").unwrap().as_deref(), Some(&b"\x00\xff"[..]));
     }
 
     #[test]
@@ -627,14 +530,7 @@ mod tests {
         l.mtime_ns = 222_000_000_222;
         l.uid = 4321;
         l.gid = 4322;
-        let w = apply_metadata(
-            &link,
-            &l,
-            &ApplyOptions {
-                owner: is_root(),
-                xattrs: false,
-            },
-        );
+        let w = apply_metadata(&link, &l, &ApplyOptions { owner: is_root(), xattrs: false });
         assert!(w.is_empty(), "{w:?}");
 
         let after = std::fs::metadata(&target).unwrap();
@@ -658,14 +554,7 @@ mod tests {
         want.uid = 1000;
         want.gid = 1000;
         want.mtime_ns = 5;
-        let w = apply_metadata(
-            &path,
-            &want,
-            &ApplyOptions {
-                owner: is_root(),
-                xattrs: false,
-            },
-        );
+        let w = apply_metadata(&path, &want, &ApplyOptions { owner: is_root(), xattrs: false });
         assert!(w.is_empty(), "{w:?}");
         let (node, _) = lnode(&path);
         assert_eq!(node.mode, 0o4755);

@@ -79,8 +79,8 @@ impl IndexFile {
             let m = r.count(ENTRY_LEN)?;
             let mut blobs = Vec::with_capacity(m);
             for _ in 0..m {
-                let (tpe, compressed) = BlobEntry::from_flags(r.u8()?)
-                    .ok_or_else(|| Error::corrupt("index file", "unknown blob flags"))?;
+                let (tpe, compressed) =
+                    BlobEntry::from_flags(r.u8()?).ok_or_else(|| Error::corrupt("index file", "unknown blob flags"))?;
                 let offset = r.u32()?;
                 let length = r.u32()?;
                 let raw_len = r.u32()?;

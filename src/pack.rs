@@ -208,8 +208,8 @@ pub fn read_header(keys: &Keys, tail: &[u8], pack_len: u64) -> Result<Vec<BlobEn
     let mut offset = 0u64;
     let mut entries = Vec::with_capacity(count);
     for _ in 0..count {
-        let (tpe, compressed) = BlobEntry::from_flags(r.u8()?)
-            .ok_or_else(|| Error::corrupt("pack header", "unknown flags"))?;
+        let (tpe, compressed) =
+            BlobEntry::from_flags(r.u8()?).ok_or_else(|| Error::corrupt("pack header", "unknown flags"))?;
         let length = r.u32()?;
         let raw_len = r.u32()?;
         let id = r.id()?;

@@ -175,7 +175,9 @@ impl Repository {
         let Secret::Passphrase(p) = secret;
         let kf = KeyFile::passphrase(&master, p, opts.kdf)?;
         // Key first: a config without a key would be a locked-out repository.
-        backend.put(&Handle::new(FileType::Key, Id::random().to_hex()), kf.encode().into(), PutMode::CreateOnly).await?;
+        backend
+            .put(&Handle::new(FileType::Key, Id::random().to_hex()), kf.encode().into(), PutMode::CreateOnly)
+            .await?;
         match backend.put(&Handle::config(), encode_config(&keys, &config).into(), PutMode::CreateOnly).await {
             Err(BackendError::AlreadyExists(_)) => return Err(Error::AlreadyInitialized(backend.location())),
             r => r?,
@@ -193,10 +195,9 @@ impl Repository {
         config_version(&raw)?;
         let master = Self::unwrap_master(&*backend, secret).await?;
         let keys = master.keys(0);
-        let config: Config = crate::codec::from_cbor(
-            &keys.open(&raw[12..]).map_err(|e| Error::corrupt("config", e.to_string()))?,
-        )
-        .map_err(|e| Error::corrupt("config", e))?;
+        let config: Config =
+            crate::codec::from_cbor(&keys.open(&raw[12..]).map_err(|e| Error::corrupt("config", e.to_string()))?)
+                .map_err(|e| Error::corrupt("config", e))?;
         config.chunker.validate().map_err(|e| Error::corrupt("config", e))?;
         let unknown: Vec<&str> =
             config.features.iter().map(String::as_str).filter(|f| !KNOWN_FEATURES.contains(f)).collect();
@@ -219,9 +220,8 @@ impl Repository {
                 }
             };
             let p = p.clone();
-            let found = tokio::task::spawn_blocking(move || kf.unwrap_passphrase(&p))
-                .await
-                .map_err(|_| Error::Cancelled)??;
+            let found =
+                tokio::task::spawn_blocking(move || kf.unwrap_passphrase(&p)).await.map_err(|_| Error::Cancelled)??;
             if let Some(master) = found {
                 return Ok(master);
             }
@@ -262,13 +262,8 @@ impl Repository {
             None => None,
         };
         let index = BlobIndex::open(path.as_deref())?;
-        let present: HashSet<Id> = self
-            .backend
-            .list(FileType::Index)
-            .await?
-            .into_iter()
-            .filter_map(|f| f.handle.name.parse().ok())
-            .collect();
+        let present: HashSet<Id> =
+            self.backend.list(FileType::Index).await?.into_iter().filter_map(|f| f.handle.name.parse().ok()).collect();
         let known = index.index_files()?;
         if !known.is_subset(&present) {
             tracing::info!("index files were removed since the cache was built; rebuilding it");
@@ -277,9 +272,12 @@ impl Repository {
         let known = index.index_files()?;
         let missing: Vec<Id> = present.difference(&known).copied().collect();
         let this = &*self;
-        let mut files = futures::stream::iter(missing)
-            .map(|id| async move { Ok::<_, Error>((id, IndexFile::decode(&this.load_file(FileType::Index, &id).await?)?)) })
-            .buffer_unordered(this.backend.connections().max(1));
+        let mut files =
+            futures::stream::iter(missing)
+                .map(|id| async move {
+                    Ok::<_, Error>((id, IndexFile::decode(&this.load_file(FileType::Index, &id).await?)?))
+                })
+                .buffer_unordered(this.backend.connections().max(1));
         let mut batch = Vec::new();
         while let Some(f) = files.try_next().await? {
             batch.push(f);
@@ -386,11 +384,12 @@ impl Repository {
     /// Every snapshot, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
         let files = self.backend.list(FileType::Snapshot).await?;
-        let mut out: Vec<SnapshotEntry> = futures::stream::iter(files.into_iter().filter_map(|f| f.handle.name.parse::<Id>().ok()))
-            .map(|id| async move { Ok::<_, Error>(SnapshotEntry { id, snapshot: self.load_snapshot(&id).await? }) })
-            .buffer_unordered(self.backend.connections().max(1))
-            .try_collect()
-            .await?;
+        let mut out: Vec<SnapshotEntry> =
+            futures::stream::iter(files.into_iter().filter_map(|f| f.handle.name.parse::<Id>().ok()))
+                .map(|id| async move { Ok::<_, Error>(SnapshotEntry { id, snapshot: self.load_snapshot(&id).await? }) })
+                .buffer_unordered(self.backend.connections().max(1))
+                .try_collect()
+                .await?;
         out.sort_by_key(|e| (e.snapshot.time_ns, e.id));
         Ok(out)
     }

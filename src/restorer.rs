@@ -131,7 +131,11 @@ pub async fn restore(
             }
         }
         if offset != node.size {
-            summary.warnings.push(format!("{}: content length {offset} differs from recorded size {}", path.display(), node.size));
+            summary.warnings.push(format!(
+                "{}: content length {offset} differs from recorded size {}",
+                path.display(),
+                node.size
+            ));
         }
     }
 
@@ -200,7 +204,12 @@ impl PathFilter {
             let mut b = GlobSetBuilder::new();
             for p in pats {
                 let p = p.trim_start_matches('/');
-                b.add(globset::GlobBuilder::new(p).literal_separator(true).build().map_err(|e| Error::Invalid(format!("pattern {p:?}: {e}")))?);
+                b.add(
+                    globset::GlobBuilder::new(p)
+                        .literal_separator(true)
+                        .build()
+                        .map_err(|e| Error::Invalid(format!("pattern {p:?}: {e}")))?,
+                );
             }
             b.build().map_err(|e| Error::Invalid(e.to_string()))
         };

@@ -205,10 +205,7 @@ impl Tree {
 
     /// The node called `name`, by binary search.
     pub fn find(&self, name: &[u8]) -> Option<&Node> {
-        self.nodes
-            .binary_search_by(|n| n.name.as_slice().cmp(name))
-            .ok()
-            .map(|i| &self.nodes[i])
+        self.nodes.binary_search_by(|n| n.name.as_slice().cmp(name)).ok().map(|i| &self.nodes[i])
     }
 
     /// Encodes the tree (deterministic: equal trees give equal bytes, and so equal ids).

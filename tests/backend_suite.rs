@@ -6,19 +6,14 @@ use std::path::Path;
 
 use bytes::Bytes;
 use s3bk::backend::suite::conformance;
-use s3bk::backend::{
-    Backend, BackendError, FileType, Handle, LocalBackend, MemoryBackend, PutMode,
-};
+use s3bk::backend::{Backend, BackendError, FileType, Handle, LocalBackend, MemoryBackend, PutMode};
 
 fn pack(prefix: &str) -> Handle {
     Handle::new(FileType::Pack, format!("{prefix}{}", "0".repeat(62)))
 }
 
 fn tmp_entries(root: &Path) -> Vec<String> {
-    fs::read_dir(root.join("tmp"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
+    fs::read_dir(root.join("tmp")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
 }
 
 async fn local() -> (tempfile::TempDir, LocalBackend) {
@@ -47,22 +42,12 @@ async fn local_conformance() {
 async fn local_create_makes_the_layout() {
     let (dir, be) = local().await;
     let root = dir.path().join("repo");
-    for sub in [
-        "keys",
-        "locks",
-        "snapshots",
-        "index",
-        "data/00",
-        "data/ff",
-        "tmp",
-    ] {
+    for sub in ["keys", "locks", "snapshots", "index", "data/00", "data/ff", "tmp"] {
         assert!(root.join(sub).is_dir(), "{sub} missing");
     }
     assert_eq!(fs::read_dir(root.join("data")).unwrap().count(), 256);
     let h = pack("ab");
-    be.put(&h, Bytes::from_static(b"x"), PutMode::CreateOnly)
-        .await
-        .unwrap();
+    be.put(&h, Bytes::from_static(b"x"), PutMode::CreateOnly).await.unwrap();
     assert_eq!(fs::read(root.join("data/ab").join(&h.name)).unwrap(), b"x");
 }
 
@@ -71,22 +56,15 @@ async fn local_create_only_leaves_no_temp_files() {
     let (dir, be) = local().await;
     let root = dir.path().join("repo");
     let h = pack("cd");
-    be.put(&h, Bytes::from_static(b"first"), PutMode::CreateOnly)
-        .await
-        .unwrap();
+    be.put(&h, Bytes::from_static(b"first"), PutMode::CreateOnly).await.unwrap();
     assert_eq!(tmp_entries(&root), Vec::<String>::new());
 
-    let err = be
-        .put(&h, Bytes::from_static(b"second"), PutMode::CreateOnly)
-        .await
-        .unwrap_err();
+    let err = be.put(&h, Bytes::from_static(b"second"), PutMode::CreateOnly).await.unwrap_err();
     assert!(matches!(err, BackendError::AlreadyExists(_)), "{err}");
     assert_eq!(tmp_entries(&root), Vec::<String>::new());
     assert_eq!(&be.get(&h, None).await.unwrap()[..], b"first");
 
-    be.put(&h, Bytes::from_static(b"third"), PutMode::Overwrite)
-        .await
-        .unwrap();
+    be.put(&h, Bytes::from_static(b"third"), PutMode::Overwrite).await.unwrap();
     assert_eq!(tmp_entries(&root), Vec::<String>::new());
 }
 
@@ -96,9 +74,7 @@ async fn local_recreates_a_missing_pack_folder() {
     let root = dir.path().join("repo");
     fs::remove_dir(root.join("data/ef")).unwrap();
     let h = pack("ef");
-    be.put(&h, Bytes::from_static(b"pack"), PutMode::CreateOnly)
-        .await
-        .unwrap();
+    be.put(&h, Bytes::from_static(b"pack"), PutMode::CreateOnly).await.unwrap();
     assert_eq!(&be.get(&h, None).await.unwrap()[..], b"pack");
 }
 
@@ -107,16 +83,10 @@ async fn local_list_skips_stray_files() {
     let (dir, be) = local().await;
     let root = dir.path().join("repo");
     let good = Handle::new(FileType::Index, "1".repeat(64));
-    be.put(&good, Bytes::from_static(b"idx"), PutMode::CreateOnly)
-        .await
-        .unwrap();
+    be.put(&good, Bytes::from_static(b"idx"), PutMode::CreateOnly).await.unwrap();
     fs::write(root.join("index/notes.txt"), b"stray").unwrap();
     fs::write(root.join("index").join("A".repeat(64)), b"upper case").unwrap();
-    fs::write(
-        root.join("index").join(format!("{}.tmp", "2".repeat(64))),
-        b"temp",
-    )
-    .unwrap();
+    fs::write(root.join("index").join(format!("{}.tmp", "2".repeat(64))), b"temp").unwrap();
     fs::create_dir(root.join("index").join("3".repeat(64))).unwrap();
     // Packs: one in the wrong prefix folder, one in a folder that is not a prefix.
     fs::write(root.join("data/00").join("ab".repeat(32)), b"misplaced").unwrap();
@@ -135,9 +105,7 @@ async fn local_list_skips_stray_files() {
 async fn local_range_past_end_is_permanent() {
     let (_dir, be) = local().await;
     let h = Handle::new(FileType::Snapshot, "5".repeat(64));
-    be.put(&h, Bytes::from_static(b"0123456789"), PutMode::CreateOnly)
-        .await
-        .unwrap();
+    be.put(&h, Bytes::from_static(b"0123456789"), PutMode::CreateOnly).await.unwrap();
     assert_eq!(&be.get(&h, Some(2..5)).await.unwrap()[..], b"234");
     let err = be.get(&h, Some(8..11)).await.unwrap_err();
     assert!(matches!(err, BackendError::Permanent { .. }), "{err}");
@@ -163,9 +131,7 @@ async fn local_unwritable_folder_is_permanent_and_named() {
     }
 
     let h = pack("ab");
-    let result = be
-        .put(&h, Bytes::from_static(b"pack"), PutMode::CreateOnly)
-        .await;
+    let result = be.put(&h, Bytes::from_static(b"pack"), PutMode::CreateOnly).await;
     if !is_root {
         fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
     }
@@ -173,11 +139,7 @@ async fn local_unwritable_folder_is_permanent_and_named() {
     assert!(matches!(err, BackendError::Permanent { .. }), "{err:?}");
     assert!(!err.is_retryable());
     let msg = err.to_string();
-    assert!(
-        msg.contains(&blocked.display().to_string()),
-        "message does not name {}: {msg}",
-        blocked.display()
-    );
+    assert!(msg.contains(&blocked.display().to_string()), "message does not name {}: {msg}", blocked.display());
     assert!(tmp_entries(&root).is_empty());
     assert!(be.stat(&h).await.is_err());
 }
@@ -193,14 +155,8 @@ async fn invalid_names_are_rejected() {
     ];
     for be in [&local as &dyn Backend, &memory] {
         for h in &bads {
-            let err = be
-                .put(h, Bytes::new(), PutMode::Overwrite)
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(err, BackendError::Permanent { .. }),
-                "{h:?}: {err}"
-            );
+            let err = be.put(h, Bytes::new(), PutMode::Overwrite).await.unwrap_err();
+            assert!(matches!(err, BackendError::Permanent { .. }), "{h:?}: {err}");
         }
     }
 }

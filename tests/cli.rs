@@ -30,9 +30,7 @@ struct Home {
 
 impl Home {
     fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Self { dir: tempfile::tempdir().unwrap() }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -59,44 +57,20 @@ impl Home {
 
     /// Creates a repository at `repo` with password `pw`.
     fn init(&self, repo: &Path, pw: &str) {
-        self.cmd()
-            .arg("--repo")
-            .arg(repo)
-            .arg("init")
-            .env("S3BK_PASSWORD", pw)
-            .assert()
-            .success();
+        self.cmd().arg("--repo").arg(repo).arg("init").env("S3BK_PASSWORD", pw).assert().success();
     }
 }
 
 fn json(out: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(out)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+    serde_json::from_slice(out).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }
 
 #[test]
 fn help_lists_commands_and_exit_codes() {
     let h = Home::new();
-    let out = h
-        .cmd()
-        .arg("--help")
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = h.cmd().arg("--help").assert().success().get_output().stdout.clone();
     let text = String::from_utf8(out).unwrap();
-    for c in [
-        "init",
-        "backup",
-        "restore",
-        "snapshots",
-        "ls",
-        "diff",
-        "find",
-        "completions",
-        "man",
-    ] {
+    for c in ["init", "backup", "restore", "snapshots", "ls", "diff", "find", "completions", "man"] {
         assert!(text.contains(c), "help lacks {c}:\n{text}");
     }
     for code in ["10", "11", "12", "incomplete"] {
@@ -108,25 +82,14 @@ fn help_lists_commands_and_exit_codes() {
 fn bad_arguments_exit_2() {
     let h = Home::new();
     h.cmd().arg("--no-such-flag").assert().code(2);
-    h.cmd()
-        .args(["restore", "--overwrite", "sometimes"])
-        .assert()
-        .code(2);
+    h.cmd().args(["restore", "--overwrite", "sometimes"]).assert().code(2);
 }
 
 #[test]
 fn completions_and_man() {
     let h = Home::new();
-    h.cmd()
-        .args(["completions", "bash"])
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("s3bk"));
-    h.cmd()
-        .arg("man")
-        .assert()
-        .success()
-        .stdout(predicate::str::contains(".TH s3bk"));
+    h.cmd().args(["completions", "bash"]).assert().success().stdout(predicate::str::contains("s3bk"));
+    h.cmd().arg("man").assert().success().stdout(predicate::str::contains(".TH s3bk"));
     let dir = h.path("man");
     h.cmd().args(["man", "--dir"]).arg(&dir).assert().success();
     assert!(dir.join("s3bk.1").is_file());
@@ -204,15 +167,12 @@ fn missing_repository_exits_10() {
 #[test]
 fn nothing_configured_exits_10_with_advice() {
     let h = Home::new();
-    h.cmd().arg("snapshots").assert().code(10).stderr(
-        predicate::str::contains("--repo").and(predicate::str::contains("S3BK_REPOSITORY")),
-    );
-    for cmd in [
-        &["ls", "latest"][..],
-        &["diff", "a", "b"],
-        &["find", "x"],
-        &["restore"],
-    ] {
+    h.cmd()
+        .arg("snapshots")
+        .assert()
+        .code(10)
+        .stderr(predicate::str::contains("--repo").and(predicate::str::contains("S3BK_REPOSITORY")));
+    for cmd in [&["ls", "latest"][..], &["diff", "a", "b"], &["find", "x"], &["restore"]] {
         h.cmd().args(cmd).assert().code(10);
     }
     // Nothing was created.
@@ -227,9 +187,7 @@ fn s3_locations_are_refused_clearly() {
         .args(["--repo", "s3://bucket/prefix", "snapshots"])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains(
-            "S3 repositories are not supported by this build yet",
-        ));
+        .stderr(predicate::str::contains("S3 repositories are not supported by this build yet"));
 }
 
 #[test]
@@ -313,49 +271,20 @@ password_file = "../../pb.txt"
     .unwrap();
 
     // The default profile.
-    h.cmd()
-        .args(["snapshots", "--json"])
-        .assert()
-        .success()
-        .stdout("[]\n");
+    h.cmd().args(["snapshots", "--json"]).assert().success().stdout("[]\n");
     // --profile, with a password file relative to the config file.
-    h.cmd()
-        .args(["--profile", "b", "snapshots", "--json"])
-        .assert()
-        .success()
-        .stdout("[]\n");
-    h.cmd()
-        .args(["snapshots", "--json"])
-        .env("S3BK_PROFILE", "b")
-        .assert()
-        .success();
+    h.cmd().args(["--profile", "b", "snapshots", "--json"]).assert().success().stdout("[]\n");
+    h.cmd().args(["snapshots", "--json"]).env("S3BK_PROFILE", "b").assert().success();
     // The wrong profile's password shows it is really the other repository.
-    h.cmd()
-        .args(["--profile", "b", "snapshots"])
-        .env("S3BK_PASSWORD", "pa")
-        .assert()
-        .code(12);
+    h.cmd().args(["--profile", "b", "snapshots"]).env("S3BK_PASSWORD", "pa").assert().code(12);
     // An unknown profile names the known ones.
-    h.cmd()
-        .args(["--profile", "c", "snapshots"])
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("a, b"));
+    h.cmd().args(["--profile", "c", "snapshots"]).assert().code(1).stderr(predicate::str::contains("a, b"));
     // --repo beats the profile.
-    h.cmd()
-        .arg("--repo")
-        .arg(h.path("nowhere"))
-        .args(["snapshots"])
-        .assert()
-        .code(10);
+    h.cmd().arg("--repo").arg(h.path("nowhere")).args(["snapshots"]).assert().code(10);
 
     // S3BK_CONFIG points elsewhere.
     let other = h.path("other.toml");
-    fs::write(
-        &other,
-        format!("[profiles.x]\nrepo = \"{}\"\n", b.display()),
-    )
-    .unwrap();
+    fs::write(&other, format!("[profiles.x]\nrepo = \"{}\"\n", b.display())).unwrap();
     h.cmd()
         .args(["--profile", "x", "snapshots", "--json"])
         .env("S3BK_CONFIG", &other)
@@ -370,27 +299,18 @@ fn bad_config_file_is_reported() {
     let h = Home::new();
     let dir = h.config_dir().join("s3bk");
     fs::create_dir_all(&dir).unwrap();
-    fs::write(
-        dir.join("config.toml"),
-        "[profiles.a]\nrepository = \"/x\"\n",
-    )
-    .unwrap();
-    h.cmd().arg("snapshots").assert().code(1).stderr(
-        predicate::str::contains("config.toml").and(predicate::str::contains("repository")),
-    );
+    fs::write(dir.join("config.toml"), "[profiles.a]\nrepository = \"/x\"\n").unwrap();
+    h.cmd()
+        .arg("snapshots")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("config.toml").and(predicate::str::contains("repository")));
 }
 
 #[test]
 fn init_without_configuration_creates_the_default_repository() {
     let h = Home::new();
-    let out = h
-        .cmd()
-        .args(["init", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = h.cmd().args(["init", "--json"]).assert().success().get_output().stdout.clone();
     let v = json(&out);
     let repo = h.path("data").join("s3bk").join("repo");
     let key = h.config_dir().join("s3bk").join("key");
@@ -402,17 +322,9 @@ fn init_without_configuration_creates_the_default_repository() {
     assert_eq!(secret.trim_end().len(), 64);
 
     // Other commands find it and open it with the key file.
-    h.cmd()
-        .args(["snapshots", "--json"])
-        .assert()
-        .success()
-        .stdout("[]\n");
+    h.cmd().args(["snapshots", "--json"]).assert().success().stdout("[]\n");
     // An explicit password takes precedence over the key file.
-    h.cmd()
-        .arg("snapshots")
-        .env("S3BK_PASSWORD", "nope")
-        .assert()
-        .code(12);
+    h.cmd().arg("snapshots").env("S3BK_PASSWORD", "nope").assert().code(12);
 
     // Without --json the notice says where things are and what losing the key means.
     let h2 = Home::new();
@@ -441,18 +353,9 @@ fn backup_creates_nothing_on_a_dry_run_or_bad_options() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("missing.txt"));
-    h.cmd()
-        .args(["backup", "--parent", "abc", "--force-rehash"])
-        .arg(&src)
-        .assert()
-        .code(2);
+    h.cmd().args(["backup", "--parent", "abc", "--force-rehash"]).arg(&src).assert().code(2);
     // Whatever the archiver does with it, a dry run must not create the default repository.
-    let _ = h
-        .cmd()
-        .args(["backup", "--dry-run", "--json"])
-        .arg(&src)
-        .env("RUST_BACKTRACE", "0")
-        .output();
+    let _ = h.cmd().args(["backup", "--dry-run", "--json"]).arg(&src).env("RUST_BACKTRACE", "0").output();
     assert!(!repo.exists());
     assert!(!key.exists());
 }

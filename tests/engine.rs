@@ -134,7 +134,8 @@ async fn restore_filters_and_overwrite_policies() {
     let repo = new_repo(&tmp.path().join("repo")).await;
     let r = backup(&repo, &opts(&src), Arc::new(NoProgress)).await.unwrap();
     let target = tmp.path().join("t");
-    let only = RestoreOptions { target: target.clone(), includes: vec!["src/dir/sub/**".into()], ..RestoreOptions::default() };
+    let only =
+        RestoreOptions { target: target.clone(), includes: vec!["src/dir/sub/**".into()], ..RestoreOptions::default() };
     restore(&repo, &r.snapshot, &only, Arc::new(NoProgress)).await.unwrap();
     assert!(target.join("src/dir/sub/deeper/note.md").exists());
     assert!(!target.join("src/hello.txt").exists());

@@ -13,10 +13,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{
-    Backend, BackendError, FileInfo, FileType, Handle, PutMode, check_handle, check_range,
-    valid_name,
-};
+use super::{Backend, BackendError, FileInfo, FileType, Handle, PutMode, check_handle, check_range, valid_name};
 
 /// The folder (under the root) where puts are written before they get their final name.
 const TMP_DIR: &str = "tmp";
@@ -48,10 +45,7 @@ where
         Ok(r) => r,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // Only happens while the runtime shuts down.
-        Err(e) => Err(BackendError::Transient {
-            context: "running a file operation".to_owned(),
-            source: e.into(),
-        }),
+        Err(e) => Err(BackendError::Transient { context: "running a file operation".to_owned(), source: e.into() }),
     }
 }
 
@@ -61,27 +55,17 @@ fn io_error(e: io::Error, what: &str, path: &Path) -> BackendError {
     let context = format!("{what} {}", path.display());
     match e.kind() {
         ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::TimedOut => {
-            BackendError::Transient {
-                context,
-                source: e.into(),
-            }
+            BackendError::Transient { context, source: e.into() }
         }
         // Full disk or quota (StorageFull, QuotaExceeded), no permission, a read-only file
         // system, and anything unknown: retrying will not help.
-        _ => BackendError::Permanent {
-            context,
-            source: e.into(),
-        },
+        _ => BackendError::Permanent { context, source: e.into() },
     }
 }
 
 /// Like [`io_error`], but a missing file means the object `h` is missing.
 fn object_error(h: &Handle, e: io::Error, what: &str, path: &Path) -> BackendError {
-    if e.kind() == ErrorKind::NotFound {
-        BackendError::NotFound(h.clone())
-    } else {
-        io_error(e, what, path)
-    }
+    if e.kind() == ErrorKind::NotFound { BackendError::NotFound(h.clone()) } else { io_error(e, what, path) }
 }
 
 /// Makes the names in `dir` durable. Some file systems cannot fsync a directory; that is not a
@@ -98,13 +82,7 @@ fn create_dir(dir: &Path) -> Result<(), BackendError> {
     fs::create_dir_all(dir).map_err(|e| io_error(e, "creating directory", dir))
 }
 
-fn put_blocking(
-    root: &Path,
-    h: &Handle,
-    path: &Path,
-    data: &[u8],
-    mode: PutMode,
-) -> Result<(), BackendError> {
+fn put_blocking(root: &Path, h: &Handle, path: &Path, data: &[u8], mode: PutMode) -> Result<(), BackendError> {
     let parent = path.parent().unwrap_or(root);
     // `create` makes every folder, but a `data/xx` one may have been removed since; recreate it.
     if !parent.is_dir() {
@@ -129,13 +107,7 @@ fn put_blocking(
     sync_dir(parent)
 }
 
-fn write_and_publish(
-    h: &Handle,
-    path: &Path,
-    tmp: &Path,
-    data: &[u8],
-    mode: PutMode,
-) -> Result<(), BackendError> {
+fn write_and_publish(h: &Handle, path: &Path, tmp: &Path, data: &[u8], mode: PutMode) -> Result<(), BackendError> {
     // Errors name the object being written; the temp file is an implementation detail.
     let via = |what: &str| format!("{what} (temp file {})", tmp.display());
     let mut f = OpenOptions::new()
@@ -143,22 +115,16 @@ fn write_and_publish(
         .create_new(true)
         .open(tmp)
         .map_err(|e| io_error(e, &via("creating temp file for"), path))?;
-    f.write_all(data)
-        .map_err(|e| io_error(e, &via("writing"), path))?;
-    f.sync_all()
-        .map_err(|e| io_error(e, &via("syncing"), path))?;
+    f.write_all(data).map_err(|e| io_error(e, &via("writing"), path))?;
+    f.sync_all().map_err(|e| io_error(e, &via("syncing"), path))?;
     drop(f);
 
     match mode {
-        PutMode::Overwrite => {
-            fs::rename(tmp, path).map_err(|e| io_error(e, &via("renaming onto"), path))
-        }
+        PutMode::Overwrite => fs::rename(tmp, path).map_err(|e| io_error(e, &via("renaming onto"), path)),
         // A hard link never replaces an existing name, so it is an atomic create-only.
         PutMode::CreateOnly => match fs::hard_link(tmp, path) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                Err(BackendError::AlreadyExists(h.clone()))
-            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(BackendError::AlreadyExists(h.clone())),
             Err(e) => Err(io_error(e, &via("linking"), path)),
         },
     }
@@ -174,10 +140,8 @@ fn get_blocking(h: &Handle, path: &Path, range: Option<Range<u64>>) -> Result<By
     };
     let len = f.metadata().map_err(read_err)?.len();
     check_range(h, &range, len)?;
-    let n = usize::try_from(range.end - range.start).map_err(|e| BackendError::Permanent {
-        context: format!("reading {}", path.display()),
-        source: e.into(),
-    })?;
+    let n = usize::try_from(range.end - range.start)
+        .map_err(|e| BackendError::Permanent { context: format!("reading {}", path.display()), source: e.into() })?;
     let mut buf = vec![0; n];
     f.seek(SeekFrom::Start(range.start)).map_err(read_err)?;
     f.read_exact(&mut buf).map_err(read_err)?;
@@ -186,12 +150,7 @@ fn get_blocking(h: &Handle, path: &Path, range: Option<Range<u64>>) -> Result<By
 
 /// Adds the valid objects of type `tpe` in `dir` to `out`, skipping anything else. A missing
 /// `dir` holds nothing if `missing_ok` (a `data/xx` folder removed while listing).
-fn list_dir(
-    tpe: FileType,
-    dir: &Path,
-    missing_ok: bool,
-    out: &mut Vec<FileInfo>,
-) -> Result<(), BackendError> {
+fn list_dir(tpe: FileType, dir: &Path, missing_ok: bool, out: &mut Vec<FileInfo>) -> Result<(), BackendError> {
     let listing_err = |e| io_error(e, "listing", dir);
     // A pack's folder is named after its first two digits; one anywhere else is unreachable.
     let prefix = match tpe {
@@ -219,10 +178,7 @@ fn list_dir(
             Err(e) => return Err(io_error(e, "reading metadata of", &path)),
         };
         if meta.is_file() {
-            out.push(FileInfo {
-                handle: Handle::new(tpe, name),
-                size: meta.len(),
-            });
+            out.push(FileInfo { handle: Handle::new(tpe, name), size: meta.len() });
         }
     }
     Ok(())
@@ -235,10 +191,7 @@ fn list_blocking(root: &Path, tpe: FileType) -> Result<Vec<FileInfo>, BackendErr
             let h = Handle::config();
             let path = root.join(h.path());
             match fs::metadata(&path) {
-                Ok(m) if m.is_file() => out.push(FileInfo {
-                    handle: h,
-                    size: m.len(),
-                }),
+                Ok(m) if m.is_file() => out.push(FileInfo { handle: h, size: m.len() }),
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(io_error(e, "reading metadata of", &path)),
@@ -248,9 +201,10 @@ fn list_blocking(root: &Path, tpe: FileType) -> Result<Vec<FileInfo>, BackendErr
             let data = root.join(tpe.dirname());
             for entry in fs::read_dir(&data).map_err(|e| io_error(e, "listing", &data))? {
                 let entry = entry.map_err(|e| io_error(e, "listing", &data))?;
-                let is_prefix = entry.file_name().to_str().is_some_and(|n| {
-                    n.len() == 2 && n.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-                });
+                let is_prefix = entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.len() == 2 && n.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
                 let dir = entry.path();
                 if !is_prefix || !dir.is_dir() {
                     continue;
@@ -309,12 +263,8 @@ impl Backend for LocalBackend {
         check_handle(h)?;
         let (h, path) = (h.clone(), self.path(h));
         blocking(move || {
-            let meta = fs::metadata(&path)
-                .map_err(|e| object_error(&h, e, "reading metadata of", &path))?;
-            Ok(FileInfo {
-                handle: h,
-                size: meta.len(),
-            })
+            let meta = fs::metadata(&path).map_err(|e| object_error(&h, e, "reading metadata of", &path))?;
+            Ok(FileInfo { handle: h, size: meta.len() })
         })
         .await
     }
@@ -327,8 +277,7 @@ impl Backend for LocalBackend {
     async fn delete(&self, h: &Handle) -> Result<(), BackendError> {
         check_handle(h)?;
         let (h, path) = (h.clone(), self.path(h));
-        blocking(move || fs::remove_file(&path).map_err(|e| object_error(&h, e, "deleting", &path)))
-            .await
+        blocking(move || fs::remove_file(&path).map_err(|e| object_error(&h, e, "deleting", &path))).await
     }
 }
 
@@ -342,33 +291,18 @@ mod tests {
 
     #[test]
     fn disk_full_is_permanent_and_names_the_path() {
-        let e = io_error(
-            io::Error::from(ErrorKind::StorageFull),
-            "writing",
-            Path::new("/repo/data/ab/abcd"),
-        );
+        let e = io_error(io::Error::from(ErrorKind::StorageFull), "writing", Path::new("/repo/data/ab/abcd"));
         assert!(matches!(e, BackendError::Permanent { .. }));
-        assert!(
-            e.to_string().starts_with("writing /repo/data/ab/abcd: "),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("writing /repo/data/ab/abcd: "), "{e}");
     }
 
     #[test]
     fn interrupted_and_timeouts_are_transient() {
-        for kind in [
-            ErrorKind::Interrupted,
-            ErrorKind::WouldBlock,
-            ErrorKind::TimedOut,
-        ] {
+        for kind in [ErrorKind::Interrupted, ErrorKind::WouldBlock, ErrorKind::TimedOut] {
             let e = io_error(io::Error::from(kind), "reading", Path::new("/r"));
             assert!(e.is_retryable(), "{kind:?}");
         }
-        let e = io_error(
-            io::Error::from(ErrorKind::PermissionDenied),
-            "reading",
-            Path::new("/r"),
-        );
+        let e = io_error(io::Error::from(ErrorKind::PermissionDenied), "reading", Path::new("/r"));
         assert!(!e.is_retryable());
     }
 

@@ -8,9 +8,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{
-    Backend, BackendError, FileInfo, FileType, Handle, PutMode, check_handle, check_range,
-};
+use super::{Backend, BackendError, FileInfo, FileType, Handle, PutMode, check_handle, check_range};
 
 /// A backend that keeps every object in memory.
 #[derive(Debug, Default)]
@@ -63,11 +61,7 @@ impl Backend for MemoryBackend {
 
     async fn get(&self, h: &Handle, range: Option<Range<u64>>) -> Result<Bytes, BackendError> {
         check_handle(h)?;
-        let data = self
-            .read()
-            .get(h)
-            .cloned()
-            .ok_or_else(|| BackendError::NotFound(h.clone()))?;
+        let data = self.read().get(h).cloned().ok_or_else(|| BackendError::NotFound(h.clone()))?;
         match range {
             None => Ok(data),
             Some(r) => {
@@ -80,15 +74,8 @@ impl Backend for MemoryBackend {
 
     async fn stat(&self, h: &Handle) -> Result<FileInfo, BackendError> {
         check_handle(h)?;
-        let size = self
-            .read()
-            .get(h)
-            .map(|d| d.len() as u64)
-            .ok_or_else(|| BackendError::NotFound(h.clone()))?;
-        Ok(FileInfo {
-            handle: h.clone(),
-            size,
-        })
+        let size = self.read().get(h).map(|d| d.len() as u64).ok_or_else(|| BackendError::NotFound(h.clone()))?;
+        Ok(FileInfo { handle: h.clone(), size })
     }
 
     async fn list(&self, tpe: FileType) -> Result<Vec<FileInfo>, BackendError> {
@@ -96,10 +83,7 @@ impl Backend for MemoryBackend {
             .read()
             .iter()
             .filter(|(h, _)| h.tpe == tpe)
-            .map(|(h, d)| FileInfo {
-                handle: h.clone(),
-                size: d.len() as u64,
-            })
+            .map(|(h, d)| FileInfo { handle: h.clone(), size: d.len() as u64 })
             .collect())
     }
 

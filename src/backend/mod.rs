@@ -34,14 +34,8 @@ pub enum FileType {
 
 impl FileType {
     /// Every type, in the order `list_all`-style walks use.
-    pub const ALL: [FileType; 6] = [
-        FileType::Config,
-        FileType::Key,
-        FileType::Lock,
-        FileType::Snapshot,
-        FileType::Index,
-        FileType::Pack,
-    ];
+    pub const ALL: [FileType; 6] =
+        [FileType::Config, FileType::Key, FileType::Lock, FileType::Snapshot, FileType::Index, FileType::Pack];
 
     /// The folder that holds objects of this type. The one place that mapping lives.
     pub fn dirname(self) -> &'static str {
@@ -78,10 +72,7 @@ pub struct Handle {
 impl Handle {
     /// A handle for `name` of type `tpe`.
     pub fn new(tpe: FileType, name: impl Into<String>) -> Self {
-        Self {
-            tpe,
-            name: name.into(),
-        }
+        Self { tpe, name: name.into() }
     }
 
     /// The handle of the repository config.

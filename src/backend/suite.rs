@@ -25,10 +25,7 @@ macro_rules! check {
 
 /// Runs the whole suite against `be`, which must be empty. `Err` names the first violation.
 pub async fn conformance(be: &dyn Backend) -> Result<(), String> {
-    let mut s = Suite {
-        be,
-        written: BTreeSet::new(),
-    };
+    let mut s = Suite { be, written: BTreeSet::new() };
     let result = s.run().await;
     let cleanup = s.cleanup().await;
     result.and(cleanup)
@@ -84,11 +81,7 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
                 }
             }
         }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
+        if pending { Poll::Pending } else { Poll::Ready(()) }
     })
     .await;
     outputs.into_iter().flatten().collect()
@@ -105,45 +98,19 @@ impl Suite<'_> {
 
     /// Checks that `h` reads back as `want`, whole and by `stat`.
     async fn expect_content(&self, h: &Handle, want: &[u8]) -> Result<(), String> {
-        let got = self
-            .be
-            .get(h, None)
-            .await
-            .map_err(|e| format!("get {h} failed: {e}"))?;
+        let got = self.be.get(h, None).await.map_err(|e| format!("get {h} failed: {e}"))?;
         same_bytes(&format!("get {h}"), &got, want)?;
-        let info = self
-            .be
-            .stat(h)
-            .await
-            .map_err(|e| format!("stat {h} failed: {e}"))?;
-        check!(
-            &info.handle == h,
-            "stat {h} reported handle {}",
-            info.handle
-        );
-        check!(
-            info.size == want.len() as u64,
-            "stat {h}: size {}, want {}",
-            info.size,
-            want.len()
-        );
+        let info = self.be.stat(h).await.map_err(|e| format!("stat {h} failed: {e}"))?;
+        check!(&info.handle == h, "stat {h} reported handle {}", info.handle);
+        check!(info.size == want.len() as u64, "stat {h}: size {}, want {}", info.size, want.len());
         Ok(())
     }
 
     /// Checks that a ranged get of an object holding `data` returns exactly the slice.
-    async fn expect_range(
-        &self,
-        h: &Handle,
-        data: &[u8],
-        start: usize,
-        end: usize,
-    ) -> Result<(), String> {
+    async fn expect_range(&self, h: &Handle, data: &[u8], start: usize, end: usize) -> Result<(), String> {
         let range = start as u64..end as u64;
-        let got = self
-            .be
-            .get(h, Some(range.clone()))
-            .await
-            .map_err(|e| format!("get {h} range {range:?} failed: {e}"))?;
+        let got =
+            self.be.get(h, Some(range.clone())).await.map_err(|e| format!("get {h} range {range:?} failed: {e}"))?;
         same_bytes(&format!("get {h} range {range:?}"), &got, &data[start..end])
     }
 
@@ -151,13 +118,10 @@ impl Suite<'_> {
     /// retryable (retrying cannot make the object longer).
     async fn expect_bad_range(&self, h: &Handle, start: u64, end: u64) -> Result<(), String> {
         match self.be.get(h, Some(start..end)).await {
-            Ok(b) => Err(format!(
-                "get {h} range {start}..{end} returned {} bytes, want an error",
-                b.len()
-            )),
-            Err(e) if e.is_not_found() || e.is_retryable() => Err(format!(
-                "get {h} range {start}..{end}: want a permanent error, got {e}"
-            )),
+            Ok(b) => Err(format!("get {h} range {start}..{end} returned {} bytes, want an error", b.len())),
+            Err(e) if e.is_not_found() || e.is_retryable() => {
+                Err(format!("get {h} range {start}..{end}: want a permanent error, got {e}"))
+            }
             Err(_) => Ok(()),
         }
     }
@@ -165,28 +129,17 @@ impl Suite<'_> {
     async fn expect_not_found(&self, h: &Handle) -> Result<(), String> {
         match self.be.get(h, None).await {
             Ok(_) => return Err(format!("get {h}: found an object that should be missing")),
-            Err(e) => check!(
-                e.is_not_found(),
-                "get {h} of a missing object: want NotFound, got {e}"
-            ),
+            Err(e) => check!(e.is_not_found(), "get {h} of a missing object: want NotFound, got {e}"),
         }
         match self.be.get(h, Some(0..1)).await {
             Ok(_) => {
-                return Err(format!(
-                    "ranged get {h}: found an object that should be missing"
-                ));
+                return Err(format!("ranged get {h}: found an object that should be missing"));
             }
-            Err(e) => check!(
-                e.is_not_found(),
-                "ranged get {h} of a missing object: want NotFound, got {e}"
-            ),
+            Err(e) => check!(e.is_not_found(), "ranged get {h} of a missing object: want NotFound, got {e}"),
         }
         match self.be.stat(h).await {
             Ok(_) => return Err(format!("stat {h}: found an object that should be missing")),
-            Err(e) => check!(
-                e.is_not_found(),
-                "stat {h} of a missing object: want NotFound, got {e}"
-            ),
+            Err(e) => check!(e.is_not_found(), "stat {h} of a missing object: want NotFound, got {e}"),
         }
         Ok(())
     }
@@ -201,27 +154,17 @@ impl Suite<'_> {
             .into_iter()
             .map(|i| (i.handle, i.size))
             .collect();
-        let want: BTreeSet<(Handle, u64)> = want
-            .iter()
-            .map(|(h, n)| ((*h).clone(), *n as u64))
-            .collect();
+        let want: BTreeSet<(Handle, u64)> = want.iter().map(|(h, n)| ((*h).clone(), *n as u64)).collect();
         check!(got == want, "list {tpe:?}: got {got:?}, want {want:?}");
         Ok(())
     }
 
     async fn run(&mut self) -> Result<(), String> {
         let be = self.be;
-        be.create()
-            .await
-            .map_err(|e| format!("create failed: {e}"))?;
-        be.create()
-            .await
-            .map_err(|e| format!("create is not idempotent: second call failed: {e}"))?;
+        be.create().await.map_err(|e| format!("create failed: {e}"))?;
+        be.create().await.map_err(|e| format!("create is not idempotent: second call failed: {e}"))?;
         for tpe in FileType::ALL {
-            let found = be
-                .list(tpe)
-                .await
-                .map_err(|e| format!("list {tpe:?} failed: {e}"))?;
+            let found = be.list(tpe).await.map_err(|e| format!("list {tpe:?} failed: {e}"))?;
             check!(
                 found.is_empty(),
                 "the suite needs an empty backend, but {} has {} {tpe:?} object(s)",
@@ -237,9 +180,8 @@ impl Suite<'_> {
             self.expect_list(tpe, &[]).await?;
             // Two of each type (one config), so listing is checked with more than one entry.
             let count = if tpe == FileType::Config { 1 } else { 2 };
-            let mine: Vec<(Handle, Bytes)> = (0..count)
-                .map(|j| (random_handle(tpe), random_bytes(1000 + 37 * i + j)))
-                .collect();
+            let mine: Vec<(Handle, Bytes)> =
+                (0..count).map(|j| (random_handle(tpe), random_bytes(1000 + 37 * i + j))).collect();
             for (h, data) in &mine {
                 self.put(h, data, PutMode::CreateOnly).await?;
                 self.expect_content(h, data).await?;
@@ -262,15 +204,10 @@ impl Suite<'_> {
             match be.put(h, random_bytes(10), PutMode::CreateOnly).await {
                 Ok(()) => return Err(format!("create-only put over existing {h} succeeded")),
                 Err(BackendError::AlreadyExists(got)) => {
-                    check!(
-                        &got == h,
-                        "create-only put over {h} reported AlreadyExists({got})"
-                    )
+                    check!(&got == h, "create-only put over {h} reported AlreadyExists({got})")
                 }
                 Err(e) => {
-                    return Err(format!(
-                        "create-only put over existing {h}: want AlreadyExists, got {e}"
-                    ));
+                    return Err(format!("create-only put over existing {h}: want AlreadyExists, got {e}"));
                 }
             }
             self.expect_content(h, old).await?;
@@ -292,33 +229,22 @@ impl Suite<'_> {
             self.expect_not_found(&h).await?;
             match be.delete(&h).await {
                 Ok(()) => return Err(format!("delete of missing {h} succeeded")),
-                Err(e) => check!(
-                    e.is_not_found(),
-                    "delete of missing {h}: want NotFound, got {e}"
-                ),
+                Err(e) => check!(e.is_not_found(), "delete of missing {h}: want NotFound, got {e}"),
             }
         }
         for (h, _) in objects.iter().flatten() {
-            be.delete(h)
-                .await
-                .map_err(|e| format!("delete {h} failed: {e}"))?;
+            be.delete(h).await.map_err(|e| format!("delete {h} failed: {e}"))?;
             self.expect_not_found(h).await?;
             match be.delete(h).await {
                 Ok(()) => return Err(format!("second delete of {h} succeeded")),
-                Err(e) => check!(
-                    e.is_not_found(),
-                    "second delete of {h}: want NotFound, got {e}"
-                ),
+                Err(e) => check!(e.is_not_found(), "second delete of {h}: want NotFound, got {e}"),
             }
         }
         for tpe in FileType::ALL.into_iter().filter(|t| *t != FileType::Lock) {
             self.expect_list(tpe, &[]).await?;
         }
-        self.expect_list(FileType::Lock, &[(&fresh, data.len())])
-            .await?;
-        be.delete(&fresh)
-            .await
-            .map_err(|e| format!("delete {fresh} failed: {e}"))?;
+        self.expect_list(FileType::Lock, &[(&fresh, data.len())]).await?;
+        be.delete(&fresh).await.map_err(|e| format!("delete {fresh} failed: {e}"))?;
 
         // Edge sizes: empty and multi-megabyte.
         let empty = random_handle(FileType::Snapshot);
@@ -332,24 +258,16 @@ impl Suite<'_> {
         let data = random_bytes(5 * 1024 * 1024 + 123);
         self.put(&big, &data, PutMode::CreateOnly).await?;
         self.expect_content(&big, &data).await?;
-        self.expect_range(&big, &data, 3 << 20, (4 << 20) + 17)
-            .await?;
-        self.expect_range(&big, &data, data.len() - 4096, data.len())
-            .await?;
-        self.expect_list(FileType::Pack, &[(&big, data.len())])
-            .await?;
+        self.expect_range(&big, &data, 3 << 20, (4 << 20) + 17).await?;
+        self.expect_range(&big, &data, data.len() - 4096, data.len()).await?;
+        self.expect_list(FileType::Pack, &[(&big, data.len())]).await?;
 
         // Racing create-only puts: exactly one wins and its content is what is stored.
         let contested = random_handle(FileType::Lock);
         let contents: Vec<Bytes> = (0..16).map(|i| random_bytes(64 * 1024 + i)).collect();
         self.written.insert(contested.clone());
-        let results = join_all(
-            contents
-                .iter()
-                .map(|d| be.put(&contested, d.clone(), PutMode::CreateOnly))
-                .collect(),
-        )
-        .await;
+        let results =
+            join_all(contents.iter().map(|d| be.put(&contested, d.clone(), PutMode::CreateOnly)).collect()).await;
         let mut winners = Vec::new();
         for (i, r) in results.into_iter().enumerate() {
             match r {
@@ -367,8 +285,7 @@ impl Suite<'_> {
             "16 racing create-only puts of {contested}: {} succeeded (#{winners:?}), want exactly 1",
             winners.len()
         );
-        self.expect_content(&contested, &contents[winners[0]])
-            .await?;
+        self.expect_content(&contested, &contents[winners[0]]).await?;
         Ok(())
     }
 
@@ -388,9 +305,7 @@ impl Suite<'_> {
             return Err(e);
         }
         for tpe in FileType::ALL {
-            self.expect_list(tpe, &[])
-                .await
-                .map_err(|e| format!("cleanup left objects behind: {e}"))?;
+            self.expect_list(tpe, &[]).await.map_err(|e| format!("cleanup left objects behind: {e}"))?;
         }
         Ok(())
     }

@@ -60,17 +60,12 @@ pub struct Args {
 
 /// Reads an exclude file: one glob per line; blank lines and `#` comments are ignored.
 fn read_exclude_file(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading exclude file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading exclude file {}", path.display()))?;
     Ok(parse_exclude_lines(&text))
 }
 
 fn parse_exclude_lines(text: &str) -> Vec<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
 }
 
 /// Runs `backup`.
@@ -142,16 +137,9 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
             "dry_run": args.dry_run,
         }))?;
     } else if !ctx.global.quiet {
-        println!(
-            "Files:      {} new, {} changed, {} unmodified",
-            s.files_new, s.files_changed, s.files_unmodified
-        );
+        println!("Files:      {} new, {} changed, {} unmodified", s.files_new, s.files_changed, s.files_unmodified);
         println!("Dirs:       {}", s.dirs);
-        println!(
-            "Read:       {} of {}",
-            bytes(s.bytes_read),
-            bytes(s.bytes_total)
-        );
+        println!("Read:       {} of {}", bytes(s.bytes_read), bytes(s.bytes_total));
         println!(
             "Added:      {} ({} stored, {} packs)",
             bytes(s.bytes_added),
@@ -160,11 +148,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
         );
         println!("Duration:   {:.1}s", s.duration_secs);
         match result.id {
-            Some(id) => println!(
-                "snapshot {} saved in {}",
-                id.short(),
-                opened.location.display()
-            ),
+            Some(id) => println!("snapshot {} saved in {}", id.short(), opened.location.display()),
             None => println!("dry run: nothing was written"),
         }
     }

@@ -8,9 +8,7 @@ use super::{Cli, exit};
 
 /// Arguments of `completions`.
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Example: s3bk completions bash > ~/.local/share/bash-completion/completions/s3bk"
-)]
+#[command(after_help = "Example: s3bk completions bash > ~/.local/share/bash-completion/completions/s3bk")]
 pub struct Args {
     /// The shell
     #[arg(value_enum, value_name = "SHELL")]

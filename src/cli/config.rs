@@ -60,10 +60,7 @@ pub struct Profile {
 /// A retention policy, as in `forget --keep-*`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(
-    dead_code,
-    reason = "parsed and checked now, used by the `forget` command to come"
-)]
+#[allow(dead_code, reason = "parsed and checked now, used by the `forget` command to come")]
 pub struct Retention {
     /// Keep every snapshot younger than this (e.g. `60d`, `2weeks`).
     pub keep_within: Option<String>,
@@ -109,8 +106,7 @@ pub struct ActiveProfile {
 pub fn path() -> Option<(PathBuf, bool)> {
     match std::env::var_os(CONFIG_ENV) {
         Some(p) if !p.is_empty() => Some((PathBuf::from(p), true)),
-        _ => directories::BaseDirs::new()
-            .map(|d| (d.config_dir().join("s3bk").join("config.toml"), false)),
+        _ => directories::BaseDirs::new().map(|d| (d.config_dir().join("s3bk").join("config.toml"), false)),
     }
 }
 
@@ -123,12 +119,7 @@ pub fn load() -> anyhow::Result<Option<Loaded>> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(None),
         Err(e) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "reading config file {} (named by {CONFIG_ENV})",
-                    path.display()
-                )
-            });
+            return Err(e).with_context(|| format!("reading config file {} (named by {CONFIG_ENV})", path.display()));
         }
     };
     let file = parse(&text).with_context(|| format!("config file {}", path.display()))?;
@@ -155,16 +146,10 @@ pub fn parse(text: &str) -> anyhow::Result<ConfigFile> {
 
 /// The profile to use: `name` (from `--profile`/`S3BK_PROFILE`), else the file's
 /// `default_profile`, else none.
-pub fn select(
-    loaded: Option<&Loaded>,
-    name: Option<&str>,
-) -> anyhow::Result<Option<ActiveProfile>> {
+pub fn select(loaded: Option<&Loaded>, name: Option<&str>) -> anyhow::Result<Option<ActiveProfile>> {
     let Some(loaded) = loaded else {
         if let Some(name) = name {
-            let where_ = path().map_or_else(
-                || "config.toml".to_owned(),
-                |(p, _)| p.display().to_string(),
-            );
+            let where_ = path().map_or_else(|| "config.toml".to_owned(), |(p, _)| p.display().to_string());
             bail!(
                 "profile {name:?} was asked for, but there is no config file at {where_}; create it with a [profiles.{name}] section"
             );
@@ -179,25 +164,13 @@ pub fn select(
         bail!(
             "no profile {name:?} in {} (profiles there: {})",
             loaded.path.display(),
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
+            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
         );
     };
-    let base = loaded
-        .path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let base = loaded.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut profile = profile.clone();
     profile.password_file = profile.password_file.map(|p| resolve_path(&base, &p));
-    Ok(Some(ActiveProfile {
-        name: name.to_owned(),
-        profile,
-        base,
-    }))
+    Ok(Some(ActiveProfile { name: name.to_owned(), profile, base }))
 }
 
 /// Expands a leading `~/` to the home folder and makes a relative path relative to `base`.
@@ -207,11 +180,7 @@ pub fn resolve_path(base: &Path, p: &Path) -> PathBuf {
     {
         return dirs.home_dir().join(rest);
     }
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
 }
 
 #[cfg(test)]
@@ -233,26 +202,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.profiles["a"].repo.as_deref(), Some("/r"));
-        assert_eq!(
-            c.profiles["a"].retention.as_ref().unwrap().keep_daily,
-            Some(7)
-        );
-        let loaded = Loaded {
-            path: "/etc/s3bk/config.toml".into(),
-            file: c,
-        };
+        assert_eq!(c.profiles["a"].retention.as_ref().unwrap().keep_daily, Some(7));
+        let loaded = Loaded { path: "/etc/s3bk/config.toml".into(), file: c };
         let p = select(Some(&loaded), None).unwrap().unwrap();
         assert_eq!(p.name, "a");
-        assert_eq!(
-            select(Some(&loaded), Some("b")).unwrap().unwrap().base,
-            Path::new("/etc/s3bk")
-        );
-        assert!(
-            select(Some(&loaded), Some("c"))
-                .unwrap_err()
-                .to_string()
-                .contains("profiles there: a, b")
-        );
+        assert_eq!(select(Some(&loaded), Some("b")).unwrap().unwrap().base, Path::new("/etc/s3bk"));
+        assert!(select(Some(&loaded), Some("c")).unwrap_err().to_string().contains("profiles there: a, b"));
     }
 
     #[test]

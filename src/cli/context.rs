@@ -65,29 +65,19 @@ impl Ctx {
         if self.global.no_cache {
             return None;
         }
-        self.global
-            .cache_dir
-            .clone()
-            .or_else(Repository::default_cache_dir)
+        self.global.cache_dir.clone().or_else(Repository::default_cache_dir)
     }
 
     /// The configured repository location, if any: `--repo`/`S3BK_REPOSITORY`, then the profile.
     pub fn configured_location(&self) -> anyhow::Result<Option<Location>> {
         if let Some(spec) = &self.global.repo {
-            return Ok(Some(Location {
-                path: location::parse(spec, None)?,
-                origin: Origin::Flag,
-            }));
+            return Ok(Some(Location { path: location::parse(spec, None)?, origin: Origin::Flag }));
         }
         if let Some(p) = &self.profile
             && let Some(spec) = &p.profile.repo
         {
-            let path = location::parse(spec, Some(&p.base))
-                .with_context(|| format!("profile {:?}", p.name))?;
-            return Ok(Some(Location {
-                path,
-                origin: Origin::Profile(p.name.clone()),
-            }));
+            let path = location::parse(spec, Some(&p.base)).with_context(|| format!("profile {:?}", p.name))?;
+            return Ok(Some(Location { path, origin: Origin::Profile(p.name.clone()) }));
         }
         Ok(None)
     }
@@ -95,16 +85,10 @@ impl Ctx {
     /// The password sources: the command line's (or environment's) if any, else the profile's.
     pub fn password_sources(&self) -> Sources {
         if self.global.password_file.is_some() || self.global.password_command.is_some() {
-            return Sources {
-                file: self.global.password_file.clone(),
-                command: self.global.password_command.clone(),
-            };
+            return Sources { file: self.global.password_file.clone(), command: self.global.password_command.clone() };
         }
         match &self.profile {
-            Some(p) => Sources {
-                file: p.profile.password_file.clone(),
-                command: p.profile.password_command.clone(),
-            },
+            Some(p) => Sources { file: p.profile.password_file.clone(), command: p.profile.password_command.clone() },
             None => Sources::default(),
         }
     }
@@ -126,14 +110,9 @@ impl Ctx {
 
     /// The error for "nothing configured and no default repository".
     fn no_repository(&self) -> anyhow::Error {
-        let config = config::path().map_or_else(
-            || "the config file".to_owned(),
-            |(p, _)| p.display().to_string(),
-        );
-        let default = DefaultRepo::new().map_or_else(
-            |_| "$XDG_DATA_HOME/s3bk/repo".to_owned(),
-            |d| d.repo.display().to_string(),
-        );
+        let config = config::path().map_or_else(|| "the config file".to_owned(), |(p, _)| p.display().to_string());
+        let default =
+            DefaultRepo::new().map_or_else(|_| "$XDG_DATA_HOME/s3bk/repo".to_owned(), |d| d.repo.display().to_string());
         anyhow!(CodedError::new(
             NO_REPOSITORY,
             format!(
@@ -185,37 +164,20 @@ impl Ctx {
             "dry run: the default repository {} does not exist yet and will not be created",
             default.repo.display()
         ));
-        let opts = InitOptions {
-            kdf: KdfParams {
-                m_cost: 8 * 1024,
-                t_cost: 1,
-                p_cost: 1,
-            },
-            ..InitOptions::default()
-        };
+        let opts = InitOptions { kdf: KdfParams { m_cost: 8 * 1024, t_cost: 1, p_cost: 1 }, ..InitOptions::default() };
         let backend = Arc::new(MemoryBackend::new());
         let secret = Secret::passphrase(location::random_passphrase().into_bytes());
-        let repo = Repository::init(backend, &secret, &opts)
-            .await
-            .context("creating a scratch repository for the dry run")?;
-        Ok(Opened {
-            repo,
-            location: default.location(),
-        })
+        let repo =
+            Repository::init(backend, &secret, &opts).await.context("creating a scratch repository for the dry run")?;
+        Ok(Opened { repo, location: default.location() })
     }
 
     /// Brings the repository's index up to date (through the cache unless `--no-cache`).
     pub async fn load_index(&self, repo: &mut Repository) -> anyhow::Result<()> {
-        repo.load_index(self.cache_dir().as_deref())
-            .await
-            .context("loading the index")
+        repo.load_index(self.cache_dir().as_deref()).await.context("loading the index")
     }
 
-    async fn open_at(
-        &self,
-        loc: Location,
-        default: Option<&DefaultRepo>,
-    ) -> anyhow::Result<Opened> {
+    async fn open_at(&self, loc: Location, default: Option<&DefaultRepo>) -> anyhow::Result<Opened> {
         let backend = loc.backend();
         // Check the repository is there before asking for a password.
         match backend.stat(&Handle::config()).await {
@@ -226,10 +188,9 @@ impl Ctx {
         let (pw, origin) = match self.explicit_password()? {
             Some(found) => found,
             None => match default {
-                Some(d) if d.key.exists() => (
-                    password::from_file(&d.key)?,
-                    format!("from key file {}", d.key.display()),
-                ),
+                Some(d) if d.key.exists() => {
+                    (password::from_file(&d.key)?, format!("from key file {}", d.key.display()))
+                }
                 Some(d) if !password::can_prompt() => {
                     return Err(anyhow!(
                         "the default repository at {} has no key file at {}; restore the key \
@@ -258,10 +219,7 @@ impl Ctx {
             repo.config().id.short(),
             loc.origin
         );
-        Ok(Opened {
-            repo,
-            location: loc,
-        })
+        Ok(Opened { repo, location: loc })
     }
 
     /// Creates the embedded default repository. The password is the explicit one when given,
@@ -272,13 +230,9 @@ impl Ctx {
             Some((p, origin)) => (p, Some(origin)),
             None => (ensure_key_file(&default.key)?, None),
         };
-        let repo = Repository::init(
-            loc.backend(),
-            &Secret::passphrase(pw.to_vec()),
-            &InitOptions::default(),
-        )
-        .await
-        .with_context(|| format!("creating the default repository at {}", loc.display()))?;
+        let repo = Repository::init(loc.backend(), &Secret::passphrase(pw.to_vec()), &InitOptions::default())
+            .await
+            .with_context(|| format!("creating the default repository at {}", loc.display()))?;
         match origin {
             None => self.note(format_args!(
                 "Created a new repository at {}.\n\
@@ -294,10 +248,7 @@ impl Ctx {
                 loc.display()
             )),
         }
-        let mut opened = Opened {
-            repo,
-            location: loc,
-        };
+        let mut opened = Opened { repo, location: loc };
         self.load_index(&mut opened.repo).await?;
         Ok(opened)
     }

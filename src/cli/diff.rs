@@ -46,10 +46,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("comparing snapshots {} and {}", a.id.short(), b.id.short()))?;
     if ctx.global.json {
-        let items: Vec<_> = changes
-            .iter()
-            .map(|(p, c)| json!({ "path": path_lossy(p), "change": c }))
-            .collect();
+        let items: Vec<_> = changes.iter().map(|(p, c)| json!({ "path": path_lossy(p), "change": c })).collect();
         print_json(&items)?;
         return Ok(exit::OK);
     }

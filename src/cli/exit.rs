@@ -58,10 +58,7 @@ pub struct CodedError {
 impl CodedError {
     /// An error that ends the program with `code`.
     pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 }
 
@@ -93,10 +90,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
 
 /// Whether `err` is a write to a closed pipe (`s3bk ls | head`): not worth reporting.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 #[cfg(test)]
@@ -109,9 +103,7 @@ mod tests {
         assert_eq!(code_for(&e), WRONG_KEY);
         let e = anyhow::Error::new(Error::NoRepository("x".into()));
         assert_eq!(code_for(&e), NO_REPOSITORY);
-        let e = anyhow::Error::new(Error::Locked("x".into()))
-            .context("a")
-            .context("b");
+        let e = anyhow::Error::new(Error::Locked("x".into())).context("a").context("b");
         assert_eq!(code_for(&e), LOCKED);
         assert_eq!(code_for(&anyhow::anyhow!("other")), ERROR);
         let e = anyhow::Error::new(CodedError::new(NO_REPOSITORY, "none"));

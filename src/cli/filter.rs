@@ -49,11 +49,7 @@ pub fn split_tags(values: &[String]) -> Vec<String> {
 }
 
 /// The snapshot `spec` names (`latest` or an id prefix) among `entries`.
-pub fn select<'a>(
-    entries: &'a [SnapshotEntry],
-    spec: &str,
-    filter: &Filter,
-) -> anyhow::Result<&'a SnapshotEntry> {
+pub fn select<'a>(entries: &'a [SnapshotEntry], spec: &str, filter: &Filter) -> anyhow::Result<&'a SnapshotEntry> {
     snapshot::select(entries, spec, filter).map_err(|e| anyhow!(e))
 }
 
@@ -63,12 +59,7 @@ mod tests {
 
     #[test]
     fn tags_split_on_commas() {
-        let v = vec![
-            "a,b".to_owned(),
-            " c ".to_owned(),
-            "a".to_owned(),
-            ",".to_owned(),
-        ];
+        let v = vec!["a,b".to_owned(), " c ".to_owned(), "a".to_owned(), ",".to_owned()];
         assert_eq!(split_tags(&v), ["a", "b", "c"]);
     }
 }

@@ -28,9 +28,7 @@ pub fn timestamp(ns: i64) -> jiff::Timestamp {
 
 /// A time in the local zone, to the second (`2025-01-31 14:05:09`).
 pub fn local_time(t: jiff::Timestamp) -> String {
-    t.to_zoned_datetime(jiff::tz::TimeZone::system())
-        .strftime("%Y-%m-%d %H:%M:%S")
-        .to_string()
+    t.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// A time as RFC 3339 in UTC, for JSON.

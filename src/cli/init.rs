@@ -49,21 +49,15 @@ pub async fn run(ctx: &Ctx, _args: &Args) -> anyhow::Result<u8> {
         Some(p) => p,
         None => password::prompt_new(&loc.display())?,
     };
-    let repo = Repository::init(
-        backend,
-        &Secret::passphrase(pw.to_vec()),
-        &InitOptions::default(),
-    )
-    .await
-    .with_context(|| format!("creating a repository at {}", loc.display()))?;
+    let repo = Repository::init(backend, &Secret::passphrase(pw.to_vec()), &InitOptions::default())
+        .await
+        .with_context(|| format!("creating a repository at {}", loc.display()))?;
     let id = repo.config().id;
     if ctx.global.json {
         print_json(&json!({ "repository": loc.display(), "id": id.to_hex() }))?;
     } else if !ctx.global.quiet {
         println!("created repository {} at {}", id.short(), loc.display());
-        eprintln!(
-            "Keep the password safe: without it the backups in this repository cannot be read."
-        );
+        eprintln!("Keep the password safe: without it the backups in this repository cannot be read.");
     }
     Ok(exit::OK)
 }

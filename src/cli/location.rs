@@ -64,15 +64,11 @@ pub fn parse(spec: &str, base: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
     let lower = spec.to_ascii_lowercase();
     if lower.starts_with("s3:") {
-        bail!(
-            "S3 repositories are not supported by this build yet ({spec}); use a local directory"
-        );
+        bail!("S3 repositories are not supported by this build yet ({spec}); use a local directory");
     }
     if let Some((scheme, _)) = spec.split_once("://")
         && !scheme.is_empty()
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
     {
         bail!("unsupported repository location {spec}: this build only supports local directories");
     }
@@ -81,8 +77,7 @@ pub fn parse(spec: &str, base: Option<&Path>) -> anyhow::Result<PathBuf> {
         Some(base) => resolve_path(base, Path::new(spec)),
         None => resolve_path(Path::new(""), Path::new(spec)),
     };
-    std::path::absolute(&path)
-        .with_context(|| format!("resolving repository path {}", path.display()))
+    std::path::absolute(&path).with_context(|| format!("resolving repository path {}", path.display()))
 }
 
 /// The embedded default repository and its key file.
@@ -97,13 +92,9 @@ pub struct DefaultRepo {
 impl DefaultRepo {
     /// The default paths for this user.
     pub fn new() -> anyhow::Result<Self> {
-        let dirs = directories::BaseDirs::new().context(
-            "cannot find the home folder (is HOME set?) to place the default repository",
-        )?;
-        Ok(Self {
-            repo: dirs.data_dir().join("s3bk").join("repo"),
-            key: dirs.config_dir().join("s3bk").join("key"),
-        })
+        let dirs = directories::BaseDirs::new()
+            .context("cannot find the home folder (is HOME set?) to place the default repository")?;
+        Ok(Self { repo: dirs.data_dir().join("s3bk").join("repo"), key: dirs.config_dir().join("s3bk").join("key") })
     }
 
     /// Whether a repository exists there.
@@ -113,10 +104,7 @@ impl DefaultRepo {
 
     /// The location.
     pub fn location(&self) -> Location {
-        Location {
-            path: self.repo.clone(),
-            origin: Origin::Default,
-        }
+        Location { path: self.repo.clone(), origin: Origin::Default }
     }
 }
 
@@ -132,10 +120,7 @@ pub fn random_passphrase() -> String {
 /// `AlreadyExists` error instead.
 pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     if fs::symlink_metadata(path).is_ok() {
         return Err(ErrorKind::AlreadyExists.into());
     }
@@ -143,11 +128,7 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     rand::fill(&mut suffix);
     let tmp = dir.join(format!(".key.{}.tmp", hex::encode(suffix)));
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;
         drop(f);
@@ -179,17 +160,11 @@ mod tests {
     #[test]
     fn parses_locations() {
         let e = parse("s3://bucket/x", None).unwrap_err().to_string();
-        assert!(
-            e.contains("S3 repositories are not supported by this build yet"),
-            "{e}"
-        );
+        assert!(e.contains("S3 repositories are not supported by this build yet"), "{e}");
         assert!(parse("sftp://host/x", None).is_err());
         assert!(parse("  ", None).is_err());
         assert_eq!(parse("/a/b", None).unwrap(), Path::new("/a/b"));
-        assert_eq!(
-            parse("rel", Some(Path::new("/etc/s3bk"))).unwrap(),
-            Path::new("/etc/s3bk/rel")
-        );
+        assert_eq!(parse("rel", Some(Path::new("/etc/s3bk"))).unwrap(), Path::new("/etc/s3bk/rel"));
         assert!(parse("rel", None).unwrap().is_absolute());
     }
 
@@ -199,10 +174,7 @@ mod tests {
         let p = dir.path().join("a/b/key");
         write_secret_file(&p, b"one\n").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"one\n");
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         let e = write_secret_file(&p, b"two\n").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&p).unwrap(), b"one\n");

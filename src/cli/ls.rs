@@ -11,9 +11,7 @@ use serde_json::json;
 use super::context::Ctx;
 use super::exit;
 use super::filter::select;
-use super::format::{
-    kind_name, local_time, mode_string, path_lossy, print_json, rfc3339, timestamp,
-};
+use super::format::{kind_name, local_time, mode_string, path_lossy, print_json, rfc3339, timestamp};
 
 /// Arguments of `ls`.
 #[derive(Debug, clap::Args)]

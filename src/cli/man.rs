@@ -21,16 +21,13 @@ pub fn run(args: &Args) -> anyhow::Result<u8> {
     let cmd = Cli::command();
     match &args.dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating folder {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating folder {}", dir.display()))?;
             clap_mangen::generate_to(cmd, dir)
                 .with_context(|| format!("writing manual pages into {}", dir.display()))?;
         }
         None => {
             let mut out = std::io::stdout().lock();
-            clap_mangen::Man::new(cmd)
-                .render(&mut out)
-                .context("writing the manual page")?;
+            clap_mangen::Man::new(cmd).render(&mut out).context("writing the manual page")?;
         }
     }
     Ok(exit::OK)

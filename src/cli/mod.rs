@@ -54,54 +54,23 @@ pub struct Cli {
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Repository location (a local directory)
-    #[arg(
-        long,
-        short = 'r',
-        global = true,
-        env = "S3BK_REPOSITORY",
-        hide_env_values = true,
-        value_name = "PATH"
-    )]
+    #[arg(long, short = 'r', global = true, env = "S3BK_REPOSITORY", hide_env_values = true, value_name = "PATH")]
     pub repo: Option<String>,
 
     /// Use this profile from the config file
-    #[arg(
-        long,
-        global = true,
-        env = "S3BK_PROFILE",
-        hide_env_values = true,
-        value_name = "NAME"
-    )]
+    #[arg(long, global = true, env = "S3BK_PROFILE", hide_env_values = true, value_name = "NAME")]
     pub profile: Option<String>,
 
     /// Read the repository password from this file
-    #[arg(
-        long,
-        global = true,
-        env = "S3BK_PASSWORD_FILE",
-        hide_env_values = true,
-        value_name = "FILE"
-    )]
+    #[arg(long, global = true, env = "S3BK_PASSWORD_FILE", hide_env_values = true, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 
     /// Run this shell command and use its output as the password
-    #[arg(
-        long,
-        global = true,
-        env = "S3BK_PASSWORD_COMMAND",
-        hide_env_values = true,
-        value_name = "COMMAND"
-    )]
+    #[arg(long, global = true, env = "S3BK_PASSWORD_COMMAND", hide_env_values = true, value_name = "COMMAND")]
     pub password_command: Option<String>,
 
     /// Folder for the local index cache [default: $XDG_CACHE_HOME/s3bk]
-    #[arg(
-        long,
-        global = true,
-        env = "S3BK_CACHE_DIR",
-        hide_env_values = true,
-        value_name = "DIR"
-    )]
+    #[arg(long, global = true, env = "S3BK_CACHE_DIR", hide_env_values = true, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
     /// Keep the index in memory instead of caching it on disk

@@ -39,15 +39,12 @@ fn trim_newline(mut v: Vec<u8>) -> Vec<u8> {
 
 /// The password from `S3BK_PASSWORD`, if set and not empty.
 pub fn from_env() -> Option<Password> {
-    std::env::var_os(PASSWORD_ENV)
-        .filter(|v| !v.is_empty())
-        .map(|v| Zeroizing::new(v.into_vec()))
+    std::env::var_os(PASSWORD_ENV).filter(|v| !v.is_empty()).map(|v| Zeroizing::new(v.into_vec()))
 }
 
 /// Reads a password file (one trailing newline is not part of the password).
 pub fn from_file(path: &Path) -> anyhow::Result<Password> {
-    let data =
-        std::fs::read(path).with_context(|| format!("reading password file {}", path.display()))?;
+    let data = std::fs::read(path).with_context(|| format!("reading password file {}", path.display()))?;
     let p = Zeroizing::new(trim_newline(data));
     if p.is_empty() {
         bail!("password file {} is empty", path.display());
@@ -126,8 +123,7 @@ pub fn prompt_new(repo: &str) -> anyhow::Result<Password> {
         bail!("the password must not be empty");
     }
     let again = Zeroizing::new(
-        rpassword::prompt_password("Repeat the password: ")
-            .context("reading the password from the terminal")?,
+        rpassword::prompt_password("Repeat the password: ").context("reading the password from the terminal")?,
     );
     if *first != *again {
         bail!("the passwords do not match; nothing was created");

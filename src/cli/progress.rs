@@ -35,11 +35,7 @@ impl Bar {
             // `ProgressBar::hidden()`, but with a length so totals are kept.
             ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden())
         };
-        Self {
-            bar,
-            files_done: AtomicU64::new(0),
-            files_total: AtomicU64::new(0),
-        }
+        Self { bar, files_done: AtomicU64::new(0), files_total: AtomicU64::new(0) }
     }
 
     fn update_prefix(&self) {

@@ -79,18 +79,13 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
     let repo = &opened.repo;
     let all = repo.snapshots().await.context("listing snapshots")?;
     let entry = select(&all, &args.snapshot, &args.filter.filter())?;
-    let target = args
-        .target
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("s3bk-restore-{}", entry.id.short())));
+    let target = args.target.clone().unwrap_or_else(|| PathBuf::from(format!("s3bk-restore-{}", entry.id.short())));
     let opts = RestoreOptions {
         target: target.clone(),
         includes: args.includes.clone(),
         excludes: args.excludes.clone(),
         overwrite: args.overwrite.into(),
-        owner: args
-            .owner
-            .unwrap_or_else(|| rustix::process::geteuid().is_root()),
+        owner: args.owner.unwrap_or_else(|| rustix::process::geteuid().is_root()),
     };
     ctx.note(format_args!(
         "restoring snapshot {} of {} ({}) into {}",

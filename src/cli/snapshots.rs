@@ -96,10 +96,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
     if !ctx.global.quiet {
         writeln!(out, "{} snapshots", list.len())?;
         if incomplete {
-            writeln!(
-                out,
-                "* incomplete: some paths were skipped (see `s3bk snapshots --json`)"
-            )?;
+            writeln!(out, "* incomplete: some paths were skipped (see `s3bk snapshots --json`)")?;
         }
     }
     Ok(exit::OK)

@@ -38,7 +38,14 @@ pub fn make_fixture_tree(root: &Path) -> bool {
     std::fs::hard_link(root.join("hello.txt"), root.join("dir/hardlink-to-hello")).unwrap();
     let weird = root.join(OsStr::from_bytes(b"caf\xe9 \xff name"));
     std::fs::write(&weird, b"latin-1 name").unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, root.join("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o640), 0).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        root.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
     let _sock = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
     std::fs::set_permissions(root.join("dir/sub"), std::fs::Permissions::from_mode(0o750)).unwrap();
     std::fs::set_permissions(root.join("hello.txt"), std::fs::Permissions::from_mode(0o604)).unwrap();
@@ -106,8 +113,20 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
             assert_eq!(xattr::get(&x, &n).unwrap(), xattr::get(&y, &n).unwrap(), "{rel:?}: xattr {n:?}");
         }
     }
-    let mut ga: Vec<Vec<PathBuf>> = groups_a.into_values().map(|mut v| { v.sort(); v }).collect();
-    let mut gb: Vec<Vec<PathBuf>> = groups_b.into_values().map(|mut v| { v.sort(); v }).collect();
+    let mut ga: Vec<Vec<PathBuf>> = groups_a
+        .into_values()
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .collect();
+    let mut gb: Vec<Vec<PathBuf>> = groups_b
+        .into_values()
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .collect();
     ga.sort();
     gb.sort();
     assert_eq!(ga, gb, "hard-link groups");
