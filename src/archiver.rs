@@ -74,6 +74,9 @@ pub struct BackupOptions {
     pub parent: ParentChoice,
     /// Walk and read, but write nothing to the repository.
     pub dry_run: bool,
+    /// Count files and bytes ahead of the backup (a second, metadata-only walk) so progress
+    /// can show totals and an ETA. Costs a stat of every entry; leave off when nobody watches.
+    pub estimate_totals: bool,
 }
 
 /// The outcome of a backup.
@@ -259,6 +262,7 @@ pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn P
         let shared = shared.clone();
         let pack_size = repo.config().pack_size as usize;
         let one_fs = opts.one_file_system;
+        let estimate = opts.estimate_totals;
         let loader = TreeLoader {
             backend: repo.backend().clone(),
             keys: repo.keys().clone(),
@@ -266,7 +270,8 @@ pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn P
             rt: tokio::runtime::Handle::current(),
         };
         tokio::task::spawn_blocking(move || {
-            run_pipeline(&shared, roots, parent_root, &excludes, one_fs, pack_size, pack_tx, &loader)
+            let walk = WalkOptions { excludes: &excludes, one_file_system: one_fs, estimate_totals: estimate };
+            run_pipeline(&shared, roots, parent_root, &walk, pack_size, pack_tx, &loader)
         })
     };
     let root = pipeline.await.map_err(|_| Error::Cancelled)?;
@@ -389,13 +394,18 @@ impl TreeLoader {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How to walk the sources.
+struct WalkOptions<'a> {
+    excludes: &'a Excludes,
+    one_file_system: bool,
+    estimate_totals: bool,
+}
+
 fn run_pipeline(
     shared: &Arc<Shared>,
     roots: Vec<(PathBuf, Vec<u8>)>,
     parent_root: Option<Tree>,
-    excludes: &Excludes,
-    one_file_system: bool,
+    walk: &WalkOptions<'_>,
     pack_size: usize,
     pack_tx: tokio::sync::mpsc::Sender<FinishedPack>,
     loader: &TreeLoader,
@@ -405,6 +415,7 @@ fn run_pipeline(
     let (blob_tx, blob_rx) = bounded::<BlobJob>(2 * workers);
     let (sealed_tx, sealed_rx) = bounded::<SealedBlob>(2 * workers);
     let (dir_tx, dir_rx) = bounded::<DirJob>(1024);
+    let walked = AtomicBool::new(false);
 
     std::thread::scope(|s| {
         for _ in 0..2 {
@@ -421,12 +432,51 @@ fn run_pipeline(
         }
         s.spawn(move || pack_blobs(shared, sealed_rx, pack_tx, pack_size));
         drop((file_rx, blob_rx, blob_tx, sealed_tx));
+        if walk.estimate_totals {
+            let (roots, walked) = (&roots, &walked);
+            s.spawn(move || {
+                for (path, _) in roots {
+                    let device = path.symlink_metadata().map(|m| m.dev()).unwrap_or(0);
+                    count_totals(shared, walk, path, device, walked);
+                }
+            });
+        }
 
-        let walker = Walker { shared, excludes, one_file_system, files: file_tx, dirs: dir_tx, loader };
-        let root = walker.walk_roots(roots, parent_root.as_ref());
+        let walker = Walker {
+            shared,
+            excludes: walk.excludes,
+            one_file_system: walk.one_file_system,
+            files: file_tx,
+            dirs: dir_tx,
+            loader,
+        };
+        let root = walker.walk_roots(roots.clone(), parent_root.as_ref());
+        walked.store(true, Relaxed);
         drop(walker);
         root
     })
+}
+
+/// The estimate walk: reports every entry's count and size to progress, and stops early once
+/// the real walk is done or cancelled. Errors are the real walk's to report.
+fn count_totals(shared: &Shared, walk: &WalkOptions<'_>, path: &Path, device: u64, walked: &AtomicBool) {
+    let Ok(meta) = path.symlink_metadata() else { return };
+    shared.progress.add_total(1, if meta.is_file() { meta.size() } else { 0 });
+    let descend =
+        meta.is_dir() && !(walk.one_file_system && meta.dev() != device) && !walk.excludes.dir_opted_out(path);
+    if !descend {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(path) else { return };
+    for e in entries.flatten() {
+        if walked.load(Relaxed) || shared.cancelled() {
+            return;
+        }
+        let child = e.path();
+        if !walk.excludes.excluded(&child, e.file_name().as_bytes()) {
+            count_totals(shared, walk, &child, device, walked);
+        }
+    }
 }
 
 struct Walker<'a> {

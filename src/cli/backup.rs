@@ -101,6 +101,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
         }
         (None, false) => ParentChoice::Auto,
     };
+    let bar = ctx.progress();
     let opts = BackupOptions {
         paths,
         excludes,
@@ -110,9 +111,9 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
         hostname: args.host.clone(),
         parent,
         dry_run: args.dry_run,
+        estimate_totals: bar.is_visible(),
     };
     tracing::debug!("backup options: {opts:?}");
-    let bar = ctx.progress();
     let result = archiver::backup(repo, &opts, bar.clone()).await;
     bar.finish();
     let result = result.context("backup failed")?;

@@ -44,7 +44,12 @@ impl Bar {
         self.bar.set_prefix(format!("{done}/{total} files"));
     }
 
-    /// Removes the bar from the terminal.
+    /// Whether anything is drawn (so totals are worth estimating).
+    pub fn is_visible(&self) -> bool {
+        !self.bar.is_hidden()
+    }
+
+    /// Ends the bar and clears it from the terminal.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }
