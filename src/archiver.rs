@@ -30,7 +30,7 @@ use globset::{GlobSet, GlobSetBuilder};
 
 use crate::backend::{FileType, Handle};
 use crate::cache::BlobIndex;
-use crate::chunker::ChunkerParams;
+use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::Keys;
 use crate::error::{Error, Result};
 use crate::fsmeta;
@@ -629,11 +629,13 @@ fn unchanged(old: &Node, new: &Node) -> bool {
 
 /// Reader stage: reads, chunks and hashes files; queues chunks the repository lacks.
 fn read_files(shared: &Shared, jobs: Receiver<FileJob>, blobs: Sender<BlobJob>) {
+    let chunker = Chunker::new(&shared.chunker);
+    let mut buf = Vec::new();
     for job in jobs {
         if shared.cancelled() {
             return;
         }
-        let result = match read_file(shared, &job.path, job.node, &blobs) {
+        let result = match read_file(shared, &chunker, &mut buf, &job.path, job.node, &blobs) {
             Ok(node) => Ok(node),
             Err(ReadError::Skip(msg)) => Err(msg),
             Err(ReadError::Fatal(e)) => {
@@ -653,8 +655,16 @@ enum ReadError {
     Fatal(Error),
 }
 
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        ReadError::Skip(format!("read: {e}"))
+    }
+}
+
 fn read_file(
     shared: &Shared,
+    chunker: &Chunker,
+    buf: &mut Vec<u8>,
     path: &Path,
     mut node: Node,
     blobs: &Sender<BlobJob>,
@@ -686,23 +696,23 @@ fn read_file(
             content.push(Extent::Hole(start - pos));
         }
         (&file).seek(SeekFrom::Start(start)).map_err(|e| skip("seek", e))?;
-        for chunk in shared.chunker.chunks((&file).take(len)) {
+        chunker.chunk_reader((&file).take(len), buf, |data| {
             if shared.cancelled() {
                 return Err(ReadError::Fatal(Error::Cancelled));
             }
-            let data = chunk.map_err(|e| skip("read", e))?;
             let n = data.len() as u64;
             read_total += n;
-            let id = shared.keys.blob_id(&data);
+            let id = shared.keys.blob_id(data);
             content.push(Extent::Data(id));
+            // Only chunks the repository lacks are copied out of the read buffer.
             if shared.is_new(&id).map_err(ReadError::Fatal)? {
-                blobs
-                    .send(BlobJob { tpe: BlobType::Data, id, data })
-                    .map_err(|_| ReadError::Fatal(Error::Cancelled))?;
+                let job = BlobJob { tpe: BlobType::Data, id, data: data.to_vec() };
+                blobs.send(job).map_err(|_| ReadError::Fatal(Error::Cancelled))?;
             }
             shared.stats.bytes_read.fetch_add(n, Relaxed);
             shared.progress.advance(0, n);
-        }
+            Ok(())
+        })?;
         pos = start + len;
     }
     if pos < before.size() {

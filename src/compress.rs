@@ -6,13 +6,30 @@
 /// The largest plaintext blob the format allows (bounds every decode).
 pub const MAX_BLOB: usize = 64 << 20;
 
+use std::cell::RefCell;
+
+thread_local! {
+    // zstd contexts are costly to set up; each thread keeps one (of the last level used).
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
 /// Compresses `data`; `None` when compression would not make it smaller.
 pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     if data.len() < 64 {
         return None;
     }
-    let out = zstd::bulk::compress(data, level).ok()?;
-    (out.len() < data.len()).then_some(out)
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|(l, _)| *l != level) {
+            *cell = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, c) = cell.as_mut()?;
+        // A buffer one byte short of the input: if the frame does not fit, it would not be smaller.
+        let mut out = Vec::with_capacity(data.len() - 1);
+        c.compress_to_buffer(data, &mut out).ok()?;
+        Some(out)
+    })
 }
 
 /// Decompresses `data` that must expand to exactly `raw_len` bytes.
@@ -20,7 +37,14 @@ pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
     if raw_len > MAX_BLOB {
         return Err(format!("claimed length {raw_len} exceeds the {MAX_BLOB}-byte limit"));
     }
-    let out = zstd::bulk::decompress(data, raw_len).map_err(|e| format!("zstd: {e}"))?;
+    let out = DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+        }
+        let d = cell.as_mut().expect("just set");
+        d.decompress(data, raw_len).map_err(|e| format!("zstd: {e}"))
+    })?;
     if out.len() != raw_len {
         return Err(format!("decompressed to {} bytes, expected {raw_len}", out.len()));
     }
