@@ -62,7 +62,8 @@ pub struct BackupOptions {
     /// Glob patterns of paths to leave out: without a `/` a pattern matches an entry's name
     /// (`*.tmp`, `node_modules`); with one it matches the absolute path (`/home/*/cache`, `**/tmp/*`).
     pub excludes: Vec<String>,
-    /// Leave out a directory that contains a file with one of these names (e.g. `.nobackup`).
+    /// Leave out a directory (below the given paths) that contains an entry with one of these
+    /// names (e.g. `.nobackup`), the directory itself included.
     pub exclude_if_present: Vec<String>,
     /// Do not cross filesystem boundaries.
     pub one_file_system: bool,
@@ -462,8 +463,7 @@ fn run_pipeline(
 fn count_totals(shared: &Shared, walk: &WalkOptions<'_>, path: &Path, device: u64, walked: &AtomicBool) {
     let Ok(meta) = path.symlink_metadata() else { return };
     shared.progress.add_total(1, if meta.is_file() { meta.size() } else { 0 });
-    let descend =
-        meta.is_dir() && !(walk.one_file_system && meta.dev() != device) && !walk.excludes.dir_opted_out(path);
+    let descend = meta.is_dir() && !(walk.one_file_system && meta.dev() != device);
     if !descend {
         return;
     }
@@ -473,7 +473,8 @@ fn count_totals(shared: &Shared, walk: &WalkOptions<'_>, path: &Path, device: u6
             return;
         }
         let child = e.path();
-        if !walk.excludes.excluded(&child, e.file_name().as_bytes()) {
+        let opted_out = e.file_type().is_ok_and(|t| t.is_dir()) && walk.excludes.dir_opted_out(&child);
+        if !opted_out && !walk.excludes.excluded(&child, e.file_name().as_bytes()) {
             count_totals(shared, walk, &child, device, walked);
         }
     }
@@ -595,22 +596,23 @@ impl Walker<'_> {
         };
         names.sort();
         let mut entries = Vec::with_capacity(names.len());
-        if !self.excludes.dir_opted_out(dir) {
-            for name in names {
-                let path = dir.join(OsStr::from_bytes(&name));
-                if self.excludes.excluded(&path, &name) {
+        for name in names {
+            let path = dir.join(OsStr::from_bytes(&name));
+            if self.excludes.excluded(&path, &name) {
+                continue;
+            }
+            let meta = match path.symlink_metadata() {
+                Ok(m) => m,
+                Err(e) => {
+                    self.shared.skip(&path, format!("vanished or unreadable: {e}"));
                     continue;
                 }
-                let meta = match path.symlink_metadata() {
-                    Ok(m) => m,
-                    Err(e) => {
-                        self.shared.skip(&path, format!("vanished or unreadable: {e}"));
-                        continue;
-                    }
-                };
-                if let Some(p) = self.entry(&path, name, &meta, parent, device)? {
-                    entries.push(p);
-                }
+            };
+            if meta.is_dir() && self.excludes.dir_opted_out(&path) {
+                continue;
+            }
+            if let Some(p) = self.entry(&path, name, &meta, parent, device)? {
+                entries.push(p);
             }
         }
         self.send_dir(entries)

@@ -569,11 +569,12 @@ fn exclude_options_leave_entries_out() {
 
     let out = e.cmd().args(["ls", "latest", "--json"]).assert().success().get_output().stdout.clone();
     let paths = listed_paths(&json(&out));
-    // An opted-out folder is kept, empty (as the library's own test expects).
-    for kept in ["src/a.txt", "src/keep/x.txt", "src/#hash.txt", "src/keep", "src/opted-out"] {
+    // An opted-out folder is left out whole.
+    for kept in ["src/a.txt", "src/keep/x.txt", "src/#hash.txt", "src/keep"] {
         assert!(paths.contains(kept), "{kept} missing: {paths:?}");
     }
     for gone in [
+        "src/opted-out",
         "src/scratch.tmp",
         "src/keep/nested.tmp",
         "src/app.log",
