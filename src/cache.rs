@@ -5,6 +5,9 @@
 //! the repository's set of index files differs (see `Repository::load_index`). A corrupt cache is
 //! deleted and rebuilt. Blobs are looked up here instead of holding the whole index in memory,
 //! so memory stays flat however large the repository grows.
+//!
+//! It also keeps snapshot files as stored (still encrypted), so listing 60,000 snapshots of a
+//! shared repository costs a LIST, not 60,000 downloads.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,7 @@ use crate::id::Id;
 use crate::index::IndexFile;
 use crate::pack::{BlobEntry, BlobType};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// A blob's location: its pack and its entry in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,8 +33,43 @@ pub struct Location {
 
 /// The SQLite-backed blob index.
 pub struct BlobIndex {
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
     path: Option<PathBuf>,
+}
+
+/// The connection and the read transaction lookups share.
+///
+/// In WAL mode every autocommit query opens and closes a read transaction (an fstat and two
+/// fcntl locks): most of the cost of a lookup. Lookups instead share one transaction, renewed
+/// every [`READS_PER_TXN`] reads so other processes' writes become visible and the WAL can be
+/// checkpointed, and closed before any write.
+struct Conn {
+    conn: Connection,
+    reads: u32,
+}
+
+const READS_PER_TXN: u32 = 4096;
+
+impl Conn {
+    fn read(&mut self) -> rusqlite::Result<&Connection> {
+        if self.reads == 0 {
+            self.conn.execute_batch("BEGIN")?;
+        }
+        self.reads += 1;
+        if self.reads >= READS_PER_TXN {
+            self.conn.execute_batch("COMMIT; BEGIN")?;
+            self.reads = 1;
+        }
+        Ok(&self.conn)
+    }
+
+    fn write(&mut self) -> rusqlite::Result<&mut Connection> {
+        if self.reads > 0 {
+            self.conn.execute_batch("COMMIT")?;
+            self.reads = 0;
+        }
+        Ok(&mut self.conn)
+    }
 }
 
 impl std::fmt::Debug for BlobIndex {
@@ -40,26 +78,36 @@ impl std::fmt::Debug for BlobIndex {
     }
 }
 
-fn open_conn(path: Option<&Path>) -> rusqlite::Result<Connection> {
+/// Why a cache file cannot be used as it is.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("it was written by another version of s3bk (cache schema {0}, this s3bk uses {SCHEMA_VERSION})")]
+    Schema(i64),
+}
+
+fn open_conn(path: Option<&Path>) -> Result<Connection, OpenError> {
     let conn = match path {
         Some(p) => Connection::open(p)?,
         None => Connection::open_in_memory()?,
     };
     conn.busy_timeout(std::time::Duration::from_secs(60))?;
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA mmap_size=1073741824;
          CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS index_files (id BLOB PRIMARY KEY) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS blobs (
             id BLOB PRIMARY KEY, pack BLOB NOT NULL, flags INTEGER NOT NULL,
             offset INTEGER NOT NULL, length INTEGER NOT NULL, raw_len INTEGER NOT NULL
-         ) WITHOUT ROWID;",
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS snapshots (id BLOB PRIMARY KEY, stored BLOB NOT NULL) WITHOUT ROWID;",
     )?;
     let version: Option<i64> =
         conn.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0)).optional()?;
     match version {
         Some(SCHEMA_VERSION) => {}
-        Some(_) => return Err(rusqlite::Error::InvalidQuery),
+        Some(v) => return Err(OpenError::Schema(v)),
         None => {
             conn.execute("INSERT INTO meta(key, value) VALUES('schema', ?1)", [SCHEMA_VERSION])?;
         }
@@ -74,27 +122,28 @@ impl BlobIndex {
         let conn = match open_conn(path) {
             Ok(c) => c,
             Err(e) => {
-                let Some(p) = path else { return Err(e.into()) };
+                let Some(p) = path else { return Err(Error::Cache(e.to_string())) };
                 tracing::warn!("local cache {} unusable ({e}); rebuilding it", p.display());
                 for suffix in ["", "-wal", "-shm"] {
                     let mut f = p.as_os_str().to_owned();
                     f.push(suffix);
                     let _ = std::fs::remove_file(f);
                 }
-                open_conn(path)?
+                open_conn(path).map_err(|e| Error::Cache(e.to_string()))?
             }
         };
-        Ok(Self { conn: Mutex::new(conn), path: path.map(Path::to_path_buf) })
+        Ok(Self { conn: Mutex::new(Conn { conn, reads: 0 }), path: path.map(Path::to_path_buf) })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    fn conn(&self) -> std::sync::MutexGuard<'_, Conn> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back).
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The ids of the index files absorbed so far.
     pub fn index_files(&self) -> Result<HashSet<Id>> {
-        let conn = self.conn();
+        let mut guard = self.conn();
+        let conn = guard.read()?;
         let mut stmt = conn.prepare("SELECT id FROM index_files")?;
         let ids = stmt
             .query_map([], |r| r.get::<_, Vec<u8>>(0))?
@@ -105,14 +154,14 @@ impl BlobIndex {
 
     /// Forgets everything (before a rebuild).
     pub fn clear(&self) -> Result<()> {
-        self.conn().execute_batch("DELETE FROM blobs; DELETE FROM index_files;")?;
+        self.conn().write()?.execute_batch("DELETE FROM blobs; DELETE FROM index_files;")?;
         Ok(())
     }
 
     /// Absorbs the index files `files` (id, content) in one transaction.
     pub fn add_index_files(&self, files: &[(Id, IndexFile)]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let mut guard = self.conn();
+        let tx = guard.write()?.transaction()?;
         {
             let mut blob = tx.prepare_cached(
                 "INSERT OR IGNORE INTO blobs(id, pack, flags, offset, length, raw_len) VALUES (?1,?2,?3,?4,?5,?6)",
@@ -135,7 +184,8 @@ impl BlobIndex {
 
     /// Where blob `id` is stored, if indexed.
     pub fn get(&self, id: &Id) -> Result<Option<Location>> {
-        let conn = self.conn();
+        let mut guard = self.conn();
+        let conn = guard.read()?;
         let mut stmt = conn.prepare_cached("SELECT pack, flags, offset, length, raw_len FROM blobs WHERE id = ?1")?;
         let row = stmt
             .query_row([&id.0[..]], |r| {
@@ -151,14 +201,16 @@ impl BlobIndex {
 
     /// Whether blob `id` is indexed.
     pub fn contains(&self, id: &Id) -> Result<bool> {
-        let conn = self.conn();
+        let mut guard = self.conn();
+        let conn = guard.read()?;
         let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
         Ok(stmt.exists([&id.0[..]])?)
     }
 
     /// Number of indexed blobs of each type: (data, tree).
     pub fn counts(&self) -> Result<(u64, u64)> {
-        let conn = self.conn();
+        let mut guard = self.conn();
+        let conn = guard.read()?;
         let count = |tree: u8| -> rusqlite::Result<u64> {
             conn.query_row("SELECT count(*) FROM blobs WHERE (flags & 1) = ?1", [tree], |r| r.get::<_, i64>(0))
                 .map(|n| n as u64)
@@ -168,7 +220,8 @@ impl BlobIndex {
 
     /// Calls `f` for every indexed blob, in id order (for verify and prune).
     pub fn for_each(&self, mut f: impl FnMut(Location) -> Result<()>) -> Result<()> {
-        let conn = self.conn();
+        let mut guard = self.conn();
+        let conn = guard.read()?;
         let mut stmt = conn.prepare("SELECT id, pack, flags, offset, length, raw_len FROM blobs ORDER BY id")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
@@ -186,6 +239,40 @@ impl BlobIndex {
     }
 }
 
+impl BlobIndex {
+    /// The cached stored bytes of snapshot `id`.
+    pub fn snapshot(&self, id: &Id) -> Result<Option<Vec<u8>>> {
+        let mut guard = self.conn();
+        let conn = guard.read()?;
+        let mut stmt = conn.prepare_cached("SELECT stored FROM snapshots WHERE id = ?1")?;
+        Ok(stmt.query_row([&id.0[..]], |r| r.get(0)).optional()?)
+    }
+
+    /// Caches the stored bytes of snapshots, and forgets those not in `keep`.
+    pub fn update_snapshots(&self, new: &[(Id, Vec<u8>)], keep: &HashSet<Id>) -> Result<()> {
+        let mut guard = self.conn();
+        let tx = guard.write()?.transaction()?;
+        {
+            let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO snapshots(id, stored) VALUES (?1, ?2)")?;
+            for (id, stored) in new {
+                ins.execute(params![&id.0[..], stored])?;
+            }
+            let cached: Vec<Vec<u8>> = tx
+                .prepare("SELECT id FROM snapshots")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut del = tx.prepare_cached("DELETE FROM snapshots WHERE id = ?1")?;
+            for id in cached {
+                if Id::from_slice(&id).is_none_or(|i| !keep.contains(&i)) {
+                    del.execute([&id])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 /// Is this a tree blob location?
 pub fn is_tree(loc: &Location) -> bool {
     loc.entry.tpe == BlobType::Tree
@@ -197,7 +284,14 @@ mod tests {
     use crate::index::IndexPack;
 
     fn entry(n: u8, tpe: BlobType) -> BlobEntry {
-        BlobEntry { id: Id([n; 32]), tpe, offset: u32::from(n) * 10, length: 10, raw_len: 7, compressed: n % 2 == 0 }
+        BlobEntry {
+            id: Id([n; 32]),
+            tpe,
+            offset: u32::from(n) * 10,
+            length: 10,
+            raw_len: 7,
+            compressed: n.is_multiple_of(2),
+        }
     }
 
     #[test]

@@ -62,13 +62,19 @@ pub enum Error {
     },
     /// The local index cache failed.
     #[error("local cache: {0}")]
-    Cache(#[from] rusqlite::Error),
+    Cache(String),
     /// The request does not make sense (bad snapshot id, conflicting options, ...).
     #[error("{0}")]
     Invalid(String),
     /// The operation was cancelled (another stage failed first, or the user interrupted).
     #[error("cancelled")]
     Cancelled,
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Cache(e.to_string())
+    }
 }
 
 impl Error {

@@ -253,15 +253,8 @@ impl Repository {
     /// under `cache_dir` when given: only index files it has not seen are downloaded; if any it
     /// has seen are gone (prune), it is rebuilt from scratch.
     pub async fn load_index(&mut self, cache_dir: Option<&Path>) -> Result<()> {
-        let path = match cache_dir {
-            Some(dir) => {
-                let dir = dir.join(self.config.id.to_hex());
-                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-                Some(dir.join("index.sqlite"))
-            }
-            None => None,
-        };
-        let index = BlobIndex::open(path.as_deref())?;
+        self.attach_cache(cache_dir)?;
+        let index = self.index.clone();
         let present: HashSet<Id> =
             self.backend.list(FileType::Index).await?.into_iter().filter_map(|f| f.handle.name.parse().ok()).collect();
         let known = index.index_files()?;
@@ -286,8 +279,21 @@ impl Repository {
             }
         }
         index.add_index_files(&batch)?;
-        drop(files);
-        self.index = Arc::new(index);
+        Ok(())
+    }
+
+    /// Uses the local cache under `cache_dir` (`<dir>/<repo id>/index.sqlite`), or an empty
+    /// in-memory one for `None`, without syncing it (see [`Self::load_index`]).
+    pub fn attach_cache(&mut self, cache_dir: Option<&Path>) -> Result<()> {
+        let path = match cache_dir {
+            Some(dir) => {
+                let dir = dir.join(self.config.id.to_hex());
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                Some(dir.join("index.sqlite"))
+            }
+            None => None,
+        };
+        self.index = Arc::new(BlobIndex::open(path.as_deref())?);
         Ok(())
     }
 
@@ -310,16 +316,16 @@ impl Repository {
 
     /// Loads and checks a sealed file.
     pub async fn load_file(&self, tpe: FileType, id: &Id) -> Result<Vec<u8>> {
+        let stored = self.fetch_file(tpe, id).await?;
+        open_file(&self.keys, &stored, &Handle::new(tpe, id.to_hex()).to_string())
+    }
+
+    /// Downloads a sealed file and checks it against its name, without opening it.
+    async fn fetch_file(&self, tpe: FileType, id: &Id) -> Result<Bytes> {
         let h = Handle::new(tpe, id.to_hex());
         let stored = self.backend.get(&h, None).await?;
-        let what = h.to_string();
-        if stored.len() as u64 > MAX_FILE {
-            return Err(Error::corrupt(what, "larger than any valid file"));
-        }
-        if Id::hash(&stored) != *id {
-            return Err(Error::corrupt(what, "content does not match its name"));
-        }
-        open_file(&self.keys, &stored, &what)
+        check_stored(&h, &stored)?;
+        Ok(stored)
     }
 
     /// Writes index files for `packs` (split to bounded sizes) and absorbs them into the cache.
@@ -377,19 +383,46 @@ impl Repository {
 
     /// Loads one snapshot.
     pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        let data = self.load_file(FileType::Snapshot, id).await?;
-        crate::codec::from_cbor(&data).map_err(|e| Error::corrupt(format!("snapshot {id}"), e))
+        self.decode_snapshot(id, &self.fetch_file(FileType::Snapshot, id).await?)
     }
 
-    /// Every snapshot, oldest first.
+    fn decode_snapshot(&self, id: &Id, stored: &[u8]) -> Result<Snapshot> {
+        let what = format!("snapshot {id}");
+        let data = open_file(&self.keys, stored, &what)?;
+        crate::codec::from_cbor(&data).map_err(|e| Error::corrupt(what, e))
+    }
+
+    /// Every snapshot, oldest first. Snapshot files already in the local cache are not
+    /// downloaded again (they are immutable); the cache forgets those that are gone.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
-        let files = self.backend.list(FileType::Snapshot).await?;
-        let mut out: Vec<SnapshotEntry> =
-            futures::stream::iter(files.into_iter().filter_map(|f| f.handle.name.parse::<Id>().ok()))
-                .map(|id| async move { Ok::<_, Error>(SnapshotEntry { id, snapshot: self.load_snapshot(&id).await? }) })
-                .buffer_unordered(self.backend.connections().max(1))
-                .try_collect()
-                .await?;
+        let ids: HashSet<Id> = self
+            .backend
+            .list(FileType::Snapshot)
+            .await?
+            .into_iter()
+            .filter_map(|f| f.handle.name.parse().ok())
+            .collect();
+        let mut stored = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in &ids {
+            match self.index.snapshot(id)? {
+                Some(bytes) if check_stored(&Handle::new(FileType::Snapshot, id.to_hex()), &bytes).is_ok() => {
+                    stored.push((*id, bytes));
+                }
+                _ => missing.push(*id),
+            }
+        }
+        let fetched: Vec<(Id, Vec<u8>)> = futures::stream::iter(missing)
+            .map(|id| async move { Ok::<_, Error>((id, self.fetch_file(FileType::Snapshot, &id).await?.to_vec())) })
+            .buffer_unordered(self.backend.connections().max(1))
+            .try_collect()
+            .await?;
+        self.index.update_snapshots(&fetched, &ids)?;
+        stored.extend(fetched);
+        let mut out = stored
+            .iter()
+            .map(|(id, b)| Ok(SnapshotEntry { id: *id, snapshot: self.decode_snapshot(id, b)? }))
+            .collect::<Result<Vec<_>>>()?;
         out.sort_by_key(|e| (e.snapshot.time_ns, e.id));
         Ok(out)
     }
@@ -398,6 +431,17 @@ impl Repository {
     pub fn default_cache_dir() -> Option<PathBuf> {
         directories::BaseDirs::new().map(|d| d.cache_dir().join("s3bk"))
     }
+}
+
+/// Checks a stored file against the limits and its name (the hash of its bytes).
+fn check_stored(h: &Handle, stored: &[u8]) -> Result<()> {
+    if stored.len() as u64 > MAX_FILE {
+        return Err(Error::corrupt(h.to_string(), "larger than any valid file"));
+    }
+    if h.name.parse::<Id>().ok() != Some(Id::hash(stored)) {
+        return Err(Error::corrupt(h.to_string(), "content does not match its name"));
+    }
+    Ok(())
 }
 
 /// [`Repository::decode_blob`] without a repository (for worker threads).

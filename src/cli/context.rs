@@ -138,6 +138,8 @@ impl Ctx {
         };
         if load_index {
             self.load_index(&mut opened.repo).await?;
+        } else {
+            opened.repo.attach_cache(self.cache_dir().as_deref()).context("opening the local cache")?;
         }
         Ok(opened)
     }
