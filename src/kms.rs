@@ -61,12 +61,29 @@ fn as_map(ctx: &BTreeMap<String, String>) -> HashMap<String, String> {
     ctx.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// The error and its sources, each shown once (the SDK's own rendering adds a Debug dump).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![err.to_string()];
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
 /// Turns an SDK error into an [`Error::Kms`] that names the key and says what to fix.
 fn kms_error<E>(op: Op, key_id: &str, err: SdkError<E, aws_smithy_runtime_api::http::Response>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let detail = DisplayErrorContext(&err).to_string();
+    let detail = match err.as_service_error() {
+        Some(e) => e.message().map_or_else(|| chain(&err), str::to_owned),
+        None => chain(&err),
+    };
     let msg = match err.as_service_error().and_then(|e| e.code()) {
         Some("NotFoundException") => format!(
             "KMS key {key_id} does not exist (in this account and region); check the key id or alias and \
@@ -117,7 +134,7 @@ where
             ),
         },
     };
-    tracing::debug!("KMS {op:?} on {key_id} failed: {detail}");
+    tracing::debug!("KMS {op:?} on {key_id} failed: {}", DisplayErrorContext(&err));
     Error::Kms(msg)
 }
 

@@ -563,7 +563,9 @@ async fn rewrap_moves_every_kms_wrap_to_the_new_key() {
     assert!(c.decrypt().key_id(&old_arn).ciphertext_blob(blob).set_encryption_context(Some(ctx)).send().await.is_err());
 
     // The old key can go away; the repository opens and restores with the new one.
-    c.disable_key().key_id(&old_arn).send().await.unwrap();
+    // (moto's DisableKey wants the bare key id, not the ARN.)
+    let old_id = old_arn.rsplit_once(":key/").unwrap().1;
+    c.disable_key().key_id(old_id).send().await.unwrap();
     let target = e.path("target");
     e.cmd().args(["restore", "--target"]).arg(&target).assert().success();
     assert_eq!(std::fs::read(target.join("src/sub/b.bin")).unwrap(), std::fs::read(src.join("sub/b.bin")).unwrap());
@@ -652,10 +654,15 @@ async fn cli_init_with_kms_alias_backup_rotate_restore_and_key_list() {
 
     // No password anywhere: the KMS key files open the repository.
     e.cmd().arg("backup").arg(&src).assert().success();
+    let old_packs = pack_epochs(&e.repo());
+    assert!(old_packs.values().all(|&x| x == 0), "{old_packs:?}");
     assert_eq!(e.json(&[os("key"), os("rotate")])["epoch"], 1);
     assert_eq!(kinds(&e.key_list()), ["epoch", "kms"]);
     std::fs::write(src.join("c.txt"), "after rotation").unwrap();
     e.cmd().arg("backup").arg(&src).assert().success();
+    let new_packs: Vec<u32> =
+        pack_epochs(&e.repo()).into_iter().filter(|(n, _)| !old_packs.contains_key(n)).map(|(_, x)| x).collect();
+    assert!(!new_packs.is_empty() && new_packs.iter().all(|&x| x == 1), "{new_packs:?}");
     let snaps = e.json(&[os("snapshots")]);
     let snaps = snaps.as_array().unwrap();
     assert_eq!(snaps.len(), 2);
