@@ -1,13 +1,18 @@
 //! Keys and authenticated encryption.
 //!
-//! A repository has one 256-bit master key. Two keys are derived from it with BLAKE3's key
-//! derivation: the id key (blob ids are keyed BLAKE3 of the plaintext, so the storage owner
-//! cannot test for known content) and the data-encryption key of each epoch. Sealed objects are
+//! A repository has one 256-bit master key. The id key is derived from it with BLAKE3's key
+//! derivation (blob ids are keyed BLAKE3 of the plaintext, so the storage owner cannot test for
+//! known content). Data is sealed under the key of an **epoch**: epoch 0's key is derived from
+//! the master key; every later epoch (`key rotate`) has a random key, kept in the repository
+//! sealed under a key-ring key derived from the master key. Sealed objects are
 //! `epoch (u32 LE) || nonce (24) || XChaCha20-Poly1305 ciphertext+tag (16)`, with the epoch as
-//! associated data. Key material is zeroized on drop.
+//! associated data, so a reader picks the key by the prefix and nothing is ever re-encrypted.
+//! Key material is zeroized on drop.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use std::collections::BTreeMap;
+
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::id::Id;
@@ -22,8 +27,19 @@ pub enum CryptoError {
     #[error("sealed data is too short ({0} bytes)")]
     TooShort(usize),
     /// Sealed under an epoch this key set does not have.
-    #[error("sealed with key epoch {0}, which this repository key does not know")]
+    #[error(
+        "sealed with key epoch {0}, which this key set does not know (a `key rotate` after the repository \
+         was opened? open it again; else the epoch's key-ring entry in keys/ is missing)"
+    )]
     UnknownEpoch(u32),
+    /// An epoch key-ring entry claims another epoch than the one it was sealed for.
+    #[error("key-ring entry for epoch {claimed} is sealed for epoch {sealed}")]
+    EpochMismatch {
+        /// The epoch the entry's JSON names.
+        claimed: u32,
+        /// The epoch in its sealed prefix.
+        sealed: u32,
+    },
     /// The MAC did not verify.
     #[error("authentication failed (wrong key or altered data)")]
     Mac,
@@ -53,20 +69,65 @@ impl MasterKey {
         &self.0
     }
 
-    /// The key set derived from this master key, writing under `epoch`.
-    pub fn keys(&self, epoch: u32) -> Keys {
-        Keys {
-            id_key: Zeroizing::new(blake3::derive_key("s3bk 2026-12 blob id key", &self.0[..])),
-            master: self.clone(),
-            epoch,
-            cipher: XChaCha20Poly1305::new(&derive_data_key(&self.0, epoch).into()),
+    /// The key set of this master key with epoch 0 only (add later epochs with
+    /// [`Keys::add_epoch`]).
+    pub fn keys(&self) -> Keys {
+        let mut ring = BTreeMap::new();
+        ring.insert(0, XChaCha20Poly1305::new(&derive_data_key(&self.0, 0).into()));
+        Keys { id_key: Zeroizing::new(blake3::derive_key("s3bk 2026-12 blob id key", &self.0[..])), ring, epoch: 0 }
+    }
+
+    /// Seals the random key of `epoch` (>= 1) for its key-ring entry:
+    /// `u32 epoch || nonce || XChaCha20-Poly1305(K_ring, nonce, key, aad = u32 epoch)`.
+    pub fn seal_epoch_key(&self, epoch: u32, key: &EpochKey) -> Vec<u8> {
+        seal_raw(&self.ring_cipher(), epoch, &key.0[..])
+    }
+
+    /// Opens a key-ring entry sealed by [`Self::seal_epoch_key`] and checks it is for `epoch`.
+    pub fn open_epoch_key(&self, epoch: u32, sealed: &[u8]) -> Result<EpochKey, CryptoError> {
+        let (sealed_epoch, plain) = open_raw(&self.ring_cipher(), sealed)?;
+        let plain = Zeroizing::new(plain);
+        if sealed_epoch != epoch {
+            return Err(CryptoError::EpochMismatch { claimed: epoch, sealed: sealed_epoch });
         }
+        let key: [u8; 32] = plain[..].try_into().map_err(|_| CryptoError::Mac)?;
+        Ok(EpochKey::from_bytes(key))
+    }
+
+    fn ring_cipher(&self) -> XChaCha20Poly1305 {
+        // A key of its own: an epoch record is never confused with repository data.
+        let k = Zeroizing::new(blake3::derive_key("s3bk 2026-12 epoch key-ring key", &self.0[..]));
+        XChaCha20Poly1305::new(&(*k).into())
     }
 }
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MasterKey(..)")
+    }
+}
+
+/// The random data key of one epoch after 0.
+pub struct EpochKey(Zeroizing<[u8; 32]>);
+
+impl EpochKey {
+    /// A fresh random epoch key.
+    pub fn generate() -> Self {
+        let mut k = Zeroizing::new([0u8; 32]);
+        rand::fill(&mut k[..]);
+        Self(k)
+    }
+
+    fn from_bytes(mut bytes: [u8; 32]) -> Self {
+        let k = Zeroizing::new(bytes);
+        bytes.zeroize();
+        Self(k)
+    }
+}
+
+impl std::fmt::Debug for EpochKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EpochKey(..)")
     }
 }
 
@@ -77,12 +138,44 @@ fn derive_data_key(master: &[u8; 32], epoch: u32) -> [u8; 32] {
     blake3::derive_key("s3bk 2026-12 data encryption key", &material[..])
 }
 
-/// Everything needed to name, seal and open repository data.
+/// Everything needed to name, seal and open repository data: the id key and the key ring.
 pub struct Keys {
     id_key: Zeroizing<[u8; 32]>,
-    master: MasterKey,
+    ring: BTreeMap<u32, XChaCha20Poly1305>,
     epoch: u32,
-    cipher: XChaCha20Poly1305,
+}
+
+/// `u32 epoch || nonce || XChaCha20-Poly1305(cipher, nonce, plaintext, aad = u32 epoch)`.
+fn seal_raw(cipher: &XChaCha20Poly1305, epoch: u32, plaintext: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; 24];
+    rand::fill(&mut nonce);
+    let aad = epoch.to_le_bytes();
+    let ct = cipher
+        .encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad: &aad })
+        .expect("XChaCha20-Poly1305 encryption of an in-memory buffer");
+    let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
+    out.extend_from_slice(&aad);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+/// The epoch prefix of a sealed object.
+fn sealed_epoch(sealed: &[u8]) -> Result<u32, CryptoError> {
+    if sealed.len() < SEAL_OVERHEAD {
+        return Err(CryptoError::TooShort(sealed.len()));
+    }
+    Ok(u32::from_le_bytes(sealed[..4].try_into().expect("4 bytes")))
+}
+
+/// Opens what [`seal_raw`] sealed; returns the epoch prefix and the plaintext.
+fn open_raw(cipher: &XChaCha20Poly1305, sealed: &[u8]) -> Result<(u32, Vec<u8>), CryptoError> {
+    let epoch = sealed_epoch(sealed)?;
+    let (aad, rest) = sealed.split_at(4);
+    let (nonce, ct) = rest.split_at(24);
+    let nonce = XNonce::try_from(nonce).expect("24 bytes");
+    let plain = cipher.decrypt(&nonce, Payload { msg: ct, aad }).map_err(|_| CryptoError::Mac)?;
+    Ok((epoch, plain))
 }
 
 impl Keys {
@@ -91,46 +184,36 @@ impl Keys {
         Id(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
     }
 
-    /// The epoch new data is sealed under.
+    /// The epoch new data is sealed under: the highest one in the ring.
     pub fn epoch(&self) -> u32 {
         self.epoch
     }
 
-    /// Encrypts and authenticates `plaintext` under the current epoch with a random nonce.
-    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; 24];
-        rand::fill(&mut nonce);
-        let aad = self.epoch.to_le_bytes();
-        let ct = self
-            .cipher
-            .encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad: &aad })
-            .expect("XChaCha20-Poly1305 encryption of an in-memory buffer");
-        let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
-        out.extend_from_slice(&aad);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
-        out
+    /// The epochs this key set can open, ascending.
+    pub fn epochs(&self) -> Vec<u32> {
+        self.ring.keys().copied().collect()
     }
 
-    /// Checks and decrypts a sealed object.
+    /// Adds the key of `epoch` (from its key-ring entry); new data is sealed under the highest
+    /// epoch known. Epoch 0 is always the derived key and is never replaced.
+    pub fn add_epoch(&mut self, epoch: u32, key: &EpochKey) {
+        if epoch == 0 {
+            return;
+        }
+        self.ring.insert(epoch, XChaCha20Poly1305::new(&(*key.0).into()));
+        self.epoch = self.epoch.max(epoch);
+    }
+
+    /// Encrypts and authenticates `plaintext` under the current epoch with a random nonce.
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        seal_raw(&self.ring[&self.epoch], self.epoch, plaintext)
+    }
+
+    /// Checks and decrypts a sealed object, with the key of the epoch in its prefix.
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if sealed.len() < SEAL_OVERHEAD {
-            return Err(CryptoError::TooShort(sealed.len()));
-        }
-        let (aad, rest) = sealed.split_at(4);
-        let (nonce, ct) = rest.split_at(24);
-        let epoch = u32::from_le_bytes(aad.try_into().expect("4 bytes"));
-        let payload = Payload { msg: ct, aad };
-        let nonce = XNonce::try_from(nonce).expect("24 bytes");
-        if epoch == self.epoch {
-            return self.cipher.decrypt(&nonce, payload).map_err(|_| CryptoError::Mac);
-        }
-        // Older (or newer) epochs derive from the same master key; derive on demand.
-        if epoch > self.epoch.saturating_add(1024) {
-            return Err(CryptoError::UnknownEpoch(epoch));
-        }
-        let cipher = XChaCha20Poly1305::new(&derive_data_key(self.master.expose(), epoch).into());
-        cipher.decrypt(&nonce, payload).map_err(|_| CryptoError::Mac)
+        let epoch = sealed_epoch(sealed)?;
+        let cipher = self.ring.get(&epoch).ok_or(CryptoError::UnknownEpoch(epoch))?;
+        open_raw(cipher, sealed).map(|(_, plain)| plain)
     }
 }
 
@@ -160,7 +243,7 @@ mod tests {
 
     #[test]
     fn seal_open_and_tamper() {
-        let keys = MasterKey::generate().keys(0);
+        let keys = MasterKey::generate().keys();
         let sealed = keys.seal(b"hello");
         assert_eq!(sealed.len(), 5 + SEAL_OVERHEAD);
         assert_eq!(keys.open(&sealed).unwrap(), b"hello");
@@ -170,27 +253,68 @@ mod tests {
             assert!(keys.open(&bad).is_err(), "flip at {i} accepted");
         }
         assert_eq!(keys.open(&sealed[..10]), Err(CryptoError::TooShort(10)));
-        let other = MasterKey::generate().keys(0);
+        let other = MasterKey::generate().keys();
         assert_eq!(other.open(&sealed), Err(CryptoError::Mac));
     }
 
     #[test]
     fn epochs_rotate_but_old_data_stays_readable() {
         let master = MasterKey::generate();
-        let old = master.keys(0).seal(b"old");
-        let new_keys = master.keys(1);
+        let old_keys = master.keys();
+        let old = old_keys.seal(b"old");
+        assert_eq!(&old[..4], &0u32.to_le_bytes());
+
+        let e1 = EpochKey::generate();
+        let record = master.seal_epoch_key(1, &e1);
+        let mut new_keys = master.keys();
+        new_keys.add_epoch(1, &master.open_epoch_key(1, &record).unwrap());
+        assert_eq!(new_keys.epoch(), 1);
+        assert_eq!(new_keys.epochs(), [0, 1]);
         assert_eq!(new_keys.open(&old).unwrap(), b"old");
         let new = new_keys.seal(b"new");
         assert_eq!(&new[..4], &1u32.to_le_bytes());
-        assert_eq!(master.keys(0).open(&new).unwrap(), b"new");
+        // A key set that has not seen the rotation says so instead of failing the MAC.
+        assert_eq!(old_keys.open(&new), Err(CryptoError::UnknownEpoch(1)));
+        // Relabelling the epoch prefix does not pick another key's plaintext.
+        let mut relabelled = new.clone();
+        relabelled[..4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(new_keys.open(&relabelled), Err(CryptoError::Mac));
+        // Epoch 0 stays derived: a record cannot replace it.
+        let mut k = master.keys();
+        k.add_epoch(0, &EpochKey::generate());
+        assert_eq!(k.open(&old).unwrap(), b"old");
         // Ids do not depend on the epoch, so dedup survives rotation.
-        assert_eq!(master.keys(0).blob_id(b"x"), new_keys.blob_id(b"x"));
+        assert_eq!(old_keys.blob_id(b"x"), new_keys.blob_id(b"x"));
+    }
+
+    #[test]
+    fn tampered_or_foreign_epoch_records_are_rejected() {
+        let master = MasterKey::generate();
+        let record = master.seal_epoch_key(2, &EpochKey::generate());
+        assert!(master.open_epoch_key(2, &record).is_ok());
+        for i in 0..record.len() {
+            let mut bad = record.clone();
+            bad[i] ^= 1;
+            assert!(master.open_epoch_key(2, &bad).is_err(), "flip at {i} accepted");
+        }
+        // The JSON says epoch 3 but the record was sealed for 2.
+        assert_eq!(
+            master.open_epoch_key(3, &record).unwrap_err(),
+            CryptoError::EpochMismatch { claimed: 3, sealed: 2 }
+        );
+        // Another repository's master key cannot open it.
+        assert_eq!(MasterKey::generate().open_epoch_key(2, &record).unwrap_err(), CryptoError::Mac);
+        // A record is not repository data: the data keys do not open it, nor it them.
+        let mut keys = master.keys();
+        keys.add_epoch(2, &master.open_epoch_key(2, &record).unwrap());
+        assert!(keys.open(&record).is_err());
+        assert!(master.open_epoch_key(2, &keys.seal(&[0u8; 32])).is_err());
     }
 
     #[test]
     fn ids_are_keyed() {
-        let a = MasterKey::generate().keys(0);
-        let b = MasterKey::generate().keys(0);
+        let a = MasterKey::generate().keys();
+        let b = MasterKey::generate().keys();
         assert_ne!(a.blob_id(b"same"), b.blob_id(b"same"));
         assert_ne!(a.blob_id(b"same"), Id::hash(b"same"));
     }
@@ -198,7 +322,9 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
-            let keys = MasterKey::generate().keys(3);
+            let master = MasterKey::generate();
+            let mut keys = master.keys();
+            keys.add_epoch(3, &EpochKey::generate());
             prop_assert_eq!(keys.open(&keys.seal(&data)).unwrap(), data.clone());
             let kek = [7u8; 32];
             prop_assert_eq!(&open_with(&kek, &seal_with(&kek, &data)).unwrap()[..], &data[..]);
@@ -206,7 +332,7 @@ mod tests {
 
         #[test]
         fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let keys = MasterKey::generate().keys(0);
+            let keys = MasterKey::generate().keys();
             prop_assert!(keys.open(&data).is_err());
             prop_assert!(open_with(&[1u8; 32], &data).is_err());
         }

@@ -26,6 +26,22 @@ pub enum Error {
     /// No key file opens with the given passphrase or key.
     #[error("wrong password or key: none of the {0} key file(s) in the repository opens with it")]
     WrongKey(usize),
+    /// The repository has no key file of the kind the caller can open.
+    #[error(
+        "the repository has no KMS-wrapped key file; open it with its password (and add a KMS wrap with \
+         `s3bk key add --kms-key-id KEY`)"
+    )]
+    NoKmsKeyFile,
+    /// A password was given, but only KMS wraps the master key.
+    #[error(
+        "the repository has no password key file, only KMS-wrapped ones; open it with KMS (--kms-key-id, or \
+         with no password configured)"
+    )]
+    NoPassphraseKeyFile,
+    /// An AWS KMS key cannot be used: missing, disabled, denied, wrong context, no credentials.
+    /// The message says what to fix.
+    #[error("KMS: {0}")]
+    Kms(String),
     /// The repository is locked by a conflicting operation.
     #[error("repository is locked: {0}")]
     Locked(String),

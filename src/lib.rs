@@ -18,6 +18,7 @@ pub mod host;
 pub mod id;
 pub mod index;
 pub mod keyfile;
+pub mod kms;
 pub mod pack;
 pub mod progress;
 pub mod repo;

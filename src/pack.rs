@@ -234,7 +234,7 @@ mod tests {
     proptest! {
         #[test]
         fn header_round_trips(blobs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20)) {
-            let keys = MasterKey::generate().keys(0);
+            let keys = MasterKey::generate().keys();
             let mut b = PackBuilder::new(BlobType::Tree, 0);
             for blob in &blobs {
                 b.add(keys.blob_id(blob), blob.len() as u32, false, &keys.seal(blob));
@@ -251,14 +251,14 @@ mod tests {
 
         #[test]
         fn hostile_tails_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200), len in 0u64..1000) {
-            let keys = MasterKey::generate().keys(0);
+            let keys = MasterKey::generate().keys();
             let _ = read_header(&keys, &data, len);
         }
     }
 
     #[test]
     fn truncated_or_flipped_pack_is_rejected() {
-        let keys = MasterKey::generate().keys(0);
+        let keys = MasterKey::generate().keys();
         let mut b = PackBuilder::new(BlobType::Data, 0);
         b.add(keys.blob_id(b"x"), 1, false, &keys.seal(b"x"));
         let pack = b.finish(&keys);

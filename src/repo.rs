@@ -3,7 +3,9 @@
 //! `Repository` is the only place that turns backend objects into trusted plaintext: every file
 //! is checked against its name (the hash of its bytes), opened (MAC), decompressed within bounds
 //! and decoded; every blob is also checked against its id. Write order is the caller's contract
-//! (packs, then index files, then the snapshot); this module gives the primitives.
+//! (packs, then index files, then the snapshot); this module gives the primitives. It also owns
+//! the key files in `keys/`: opening by passphrase or KMS, the epoch key ring, and adding,
+//! removing and re-wrapping keys.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -18,11 +20,12 @@ use crate::backend::{Backend, BackendError, FileType, Handle, PutMode};
 use crate::cache::{BlobIndex, Location};
 use crate::chunker::ChunkerParams;
 use crate::compress;
-use crate::crypto::{Keys, MasterKey};
+use crate::crypto::{EpochKey, Keys, MasterKey};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{IndexFile, IndexPack, MAX_BLOBS_PER_FILE};
-use crate::keyfile::{KdfParams, KeyFile};
+use crate::keyfile::{KdfParams, KeyFile, Wrap};
+use crate::kms::Kms;
 use crate::pack::BlobEntry;
 use crate::snapshot::{Snapshot, SnapshotEntry};
 use crate::tree::Tree;
@@ -57,6 +60,14 @@ pub struct Config {
 pub enum Secret {
     /// A passphrase for a passphrase key file.
     Passphrase(Zeroizing<Vec<u8>>),
+    /// AWS KMS: `Decrypt` of the `kms` key files. `key_id` is required by `init` (the key that
+    /// wraps the new master key); when opening, key files wrapped by it are tried first.
+    Kms {
+        /// The client.
+        kms: Kms,
+        /// The KMS key (id, ARN, alias name or alias ARN).
+        key_id: Option<String>,
+    },
 }
 
 impl Secret {
@@ -64,6 +75,79 @@ impl Secret {
     pub fn passphrase(p: impl Into<Vec<u8>>) -> Self {
         Self::Passphrase(Zeroizing::new(p.into()))
     }
+
+    /// A KMS secret.
+    pub fn kms(kms: Kms, key_id: Option<String>) -> Self {
+        Self::Kms { kms, key_id }
+    }
+}
+
+/// A key file as stored: its name under `keys/` and its content.
+#[derive(Clone, Debug)]
+pub struct StoredKey {
+    /// The name (64 hex digits).
+    pub name: String,
+    /// The content.
+    pub file: KeyFile,
+}
+
+/// Every key file of the repository that decodes; the others are skipped with a warning
+/// (kinds from a newer s3bk, stray files).
+pub async fn key_files(backend: &dyn Backend) -> Result<Vec<StoredKey>> {
+    let mut out = Vec::new();
+    for f in backend.list(FileType::Key).await? {
+        let data = match backend.get(&f.handle, None).await {
+            Ok(d) => d,
+            // Removed since the listing (a concurrent `key rewrap`).
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match KeyFile::decode(&data) {
+            Ok(file) => out.push(StoredKey { name: f.handle.name.clone(), file }),
+            Err(e) => tracing::warn!("skipping key file {}: {e}", f.handle),
+        }
+    }
+    out.sort_by(|a, b| (&a.file.created, &a.name).cmp(&(&b.file.created, &b.name)));
+    Ok(out)
+}
+
+/// The name of the key-ring entry of `epoch`: fixed, so two concurrent rotations cannot both
+/// create the same epoch with different keys (the second create-only put fails).
+fn epoch_entry_name(epoch: u32) -> String {
+    Id::hash(&[&b"s3bk key-ring epoch "[..], &epoch.to_le_bytes()].concat()).to_hex()
+}
+
+/// Re-wraps the `kms` key files (all, or the one named `only`) under `new_key_id` with KMS
+/// `ReEncrypt`; no master key is needed. Each new key file is written (create-only) before its
+/// old one is deleted, so a concurrent reader never sees zero valid wraps. Returns
+/// `(old name, new name)` pairs.
+pub async fn rewrap_kms(
+    backend: &dyn Backend,
+    kms: &Kms,
+    new_key_id: &str,
+    only: Option<&str>,
+) -> Result<Vec<(String, String)>> {
+    let files: Vec<StoredKey> = key_files(backend)
+        .await?
+        .into_iter()
+        .filter(|k| matches!(k.file.wrap, Wrap::Kms { .. }) && only.is_none_or(|n| n == k.name))
+        .collect();
+    if files.is_empty() {
+        return Err(match only {
+            Some(n) => Error::Invalid(format!("key file {n} is not a KMS key file")),
+            None => Error::NoKmsKeyFile,
+        });
+    }
+    let mut done = Vec::new();
+    for k in files {
+        let new = kms.rewrap(&k.file, new_key_id).await?;
+        let name = Id::random().to_hex();
+        backend.put(&Handle::new(FileType::Key, name.clone()), new.encode().into(), PutMode::CreateOnly).await?;
+        backend.delete(&Handle::new(FileType::Key, k.name.clone())).await?;
+        tracing::info!("re-wrapped key file {} as {name} under {new_key_id}", k.name);
+        done.push((k.name, name));
+    }
+    Ok(done)
 }
 
 /// Choices made once, at `init`.
@@ -88,6 +172,7 @@ impl Default for InitOptions {
 /// An open repository.
 pub struct Repository {
     backend: Arc<dyn Backend>,
+    master: MasterKey,
     keys: Arc<Keys>,
     config: Config,
     index: Arc<BlobIndex>,
@@ -157,8 +242,6 @@ impl Repository {
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.into()),
         }
-        backend.create().await?;
-        let master = MasterKey::generate();
         let mut seed = [0u8; 8];
         rand::fill(&mut seed);
         let chunker = opts.chunker.unwrap_or_else(|| ChunkerParams::default_with_seed(u64::from_le_bytes(seed)));
@@ -171,9 +254,23 @@ impl Repository {
             compression: opts.compression,
             features: Vec::new(),
         };
-        let keys = master.keys(0);
-        let Secret::Passphrase(p) = secret;
-        let kf = KeyFile::passphrase(&master, p, opts.kdf)?;
+        // The key comes first, before anything is written: a KMS key that cannot be used leaves
+        // no half-made repository behind.
+        let (master, kf) = match secret {
+            Secret::Passphrase(p) => {
+                let master = MasterKey::generate();
+                let kf = KeyFile::passphrase(&master, p, opts.kdf)?;
+                (master, kf)
+            }
+            Secret::Kms { kms, key_id } => {
+                let key_id = key_id.as_deref().ok_or_else(|| {
+                    Error::Invalid("creating a repository with KMS needs the KMS key id (--kms-key-id)".into())
+                })?;
+                kms.generate_master(key_id, &config.id).await?
+            }
+        };
+        let keys = master.keys();
+        backend.create().await?;
         // Key first: a config without a key would be a locked-out repository.
         backend
             .put(&Handle::new(FileType::Key, Id::random().to_hex()), kf.encode().into(), PutMode::CreateOnly)
@@ -182,7 +279,7 @@ impl Repository {
             Err(BackendError::AlreadyExists(_)) => return Err(Error::AlreadyInitialized(backend.location())),
             r => r?,
         }
-        Ok(Self { backend, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?) })
+        Ok(Self { backend, master, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?) })
     }
 
     /// Opens the repository with `secret`. The index is not loaded yet (see [`Self::load_index`]).
@@ -193,8 +290,9 @@ impl Repository {
             Err(e) => return Err(e.into()),
         };
         config_version(&raw)?;
-        let master = Self::unwrap_master(&*backend, secret).await?;
-        let keys = master.keys(0);
+        let files = key_files(&*backend).await?;
+        let (master, used) = Self::unwrap_master(&files, secret).await?;
+        let keys = Self::key_ring(&master, &files);
         let config: Config =
             crate::codec::from_cbor(&keys.open(&raw[12..]).map_err(|e| Error::corrupt("config", e.to_string()))?)
                 .map_err(|e| Error::corrupt("config", e))?;
@@ -204,29 +302,169 @@ impl Repository {
         if !unknown.is_empty() {
             return Err(Error::UnsupportedFeatures(unknown.join(", ")));
         }
-        Ok(Self { backend, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?) })
+        // KMS checked the context against the ciphertext; this checks it names this repository
+        // (a wrap copied from another repository would also fail the config's MAC above).
+        if let Wrap::Kms { context, .. } = &files[used].file.wrap
+            && context.get("repo") != Some(&config.id.to_hex())
+        {
+            return Err(Error::corrupt(
+                format!("key file {}", files[used].name),
+                "encryption context names another repository",
+            ));
+        }
+        tracing::debug!(
+            "opened with key file {} ({}), writing under epoch {}",
+            files[used].name,
+            files[used].file.wrap.kind(),
+            keys.epoch()
+        );
+        Ok(Self { backend, master, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?) })
     }
 
-    async fn unwrap_master(backend: &dyn Backend, secret: &Secret) -> Result<MasterKey> {
-        let files = backend.list(FileType::Key).await?;
-        let Secret::Passphrase(p) = secret;
-        for f in &files {
-            let data = backend.get(&f.handle, None).await?;
-            let kf = match KeyFile::decode(&data) {
-                Ok(kf) => kf,
-                Err(e) => {
-                    tracing::warn!("skipping key file {}: {e}", f.handle);
-                    continue;
+    /// The master key from the first key file that `secret` opens, and that file's position.
+    async fn unwrap_master(files: &[StoredKey], secret: &Secret) -> Result<(MasterKey, usize)> {
+        match secret {
+            Secret::Passphrase(p) => {
+                let mut tried = 0;
+                for (i, k) in files.iter().enumerate() {
+                    if !matches!(k.file.wrap, Wrap::Passphrase { .. }) {
+                        continue;
+                    }
+                    tried += 1;
+                    let (kf, p) = (k.file.clone(), p.clone());
+                    let found = tokio::task::spawn_blocking(move || kf.unwrap_passphrase(&p))
+                        .await
+                        .map_err(|_| Error::Cancelled)??;
+                    if let Some(master) = found {
+                        return Ok((master, i));
+                    }
                 }
-            };
-            let p = p.clone();
-            let found =
-                tokio::task::spawn_blocking(move || kf.unwrap_passphrase(&p)).await.map_err(|_| Error::Cancelled)??;
-            if let Some(master) = found {
-                return Ok(master);
+                if tried == 0 && files.iter().any(|k| matches!(k.file.wrap, Wrap::Kms { .. })) {
+                    return Err(Error::NoPassphraseKeyFile);
+                }
+                Err(Error::WrongKey(tried))
+            }
+            Secret::Kms { kms, key_id } => {
+                // Key files wrapped by the requested key first, then the others.
+                let mut order: Vec<usize> =
+                    (0..files.len()).filter(|&i| matches!(files[i].file.wrap, Wrap::Kms { .. })).collect();
+                order.sort_by_key(|&i| {
+                    let Wrap::Kms { key_id: k, .. } = &files[i].file.wrap else { unreachable!() };
+                    Some(k) != key_id.as_ref()
+                });
+                let mut first_error = None;
+                for &i in &order {
+                    match kms.unwrap(&files[i].file).await {
+                        Ok(master) => return Ok((master, i)),
+                        Err(e @ (Error::Kms(_) | Error::Corrupt { .. })) => {
+                            tracing::info!("KMS key file {} does not open: {e}", files[i].name);
+                            first_error.get_or_insert(e);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                match first_error {
+                    None => Err(Error::NoKmsKeyFile),
+                    Some(Error::Kms(msg)) if order.len() > 1 => Err(Error::Kms(format!(
+                        "{msg} (and none of the other {} KMS key files opens)",
+                        order.len() - 1
+                    ))),
+                    Some(e) => Err(e),
+                }
             }
         }
-        Err(Error::WrongKey(files.len()))
+    }
+
+    /// The key set: epoch 0 and every key-ring entry that opens. An entry that does not open
+    /// is skipped with a warning: new data then goes under the newest epoch that does, and data
+    /// sealed under the bad one reports its epoch as unknown when read.
+    fn key_ring(master: &MasterKey, files: &[StoredKey]) -> Keys {
+        let mut keys = master.keys();
+        for k in files {
+            match k.file.open_epoch(master) {
+                Ok(Some((epoch, key))) => keys.add_epoch(epoch, &key),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("skipping key file {}: {e}", k.name),
+            }
+        }
+        keys
+    }
+
+    /// Stores a new key file under a random name (create-only); returns the name.
+    async fn put_key_file(&self, kf: &KeyFile) -> Result<String> {
+        let name = Id::random().to_hex();
+        self.backend.put(&Handle::new(FileType::Key, name.clone()), kf.encode().into(), PutMode::CreateOnly).await?;
+        Ok(name)
+    }
+
+    /// Adds a passphrase wrap of the master key; returns the new key file's name.
+    pub async fn add_passphrase(&self, passphrase: &[u8], kdf: KdfParams) -> Result<String> {
+        let (master, p) = (self.master.clone(), Zeroizing::new(passphrase.to_vec()));
+        let kf = tokio::task::spawn_blocking(move || KeyFile::passphrase(&master, &p, kdf))
+            .await
+            .map_err(|_| Error::Cancelled)??;
+        self.put_key_file(&kf).await
+    }
+
+    /// Adds a wrap of the master key by KMS key `key_id`; returns the new key file's name.
+    pub async fn add_kms(&self, kms: &Kms, key_id: &str) -> Result<String> {
+        let kf = kms.wrap(&self.master, key_id, &self.config.id).await?;
+        self.put_key_file(&kf).await
+    }
+
+    /// Removes key file `name`. Refuses to remove the last master-key wrap (the repository
+    /// could never be opened again) and epoch entries (data sealed under them would be lost).
+    pub async fn remove_key(&self, name: &str) -> Result<()> {
+        let files = key_files(&*self.backend).await?;
+        let Some(target) = files.iter().find(|k| k.name == name) else {
+            return Err(Error::Invalid(format!("no key file {name}")));
+        };
+        if !target.file.wrap.is_master_wrap() {
+            return Err(Error::Invalid(format!(
+                "key file {name} holds the data key of a key epoch; data written under it would become \
+                 unreadable, so it is never removed"
+            )));
+        }
+        if files.iter().filter(|k| k.file.wrap.is_master_wrap()).count() <= 1 {
+            return Err(Error::Invalid(format!(
+                "key file {name} is the last key of the repository; removing it would lock everyone out \
+                 (add another with `s3bk key add` first)"
+            )));
+        }
+        self.backend.delete(&Handle::new(FileType::Key, name.to_owned())).await?;
+        Ok(())
+    }
+
+    /// Starts a new key epoch with a random data key: its key-ring entry is stored, and this
+    /// repository (and every one opened afterwards) seals new data under it. Nothing is
+    /// re-encrypted. Returns the new epoch.
+    pub async fn rotate(&mut self) -> Result<u32> {
+        let files = key_files(&*self.backend).await?;
+        let ring = Self::key_ring(&self.master, &files);
+        let epoch = ring
+            .epoch()
+            .max(self.keys.epoch())
+            .checked_add(1)
+            .ok_or_else(|| Error::Invalid("no key epoch left".into()))?;
+        let key = EpochKey::generate();
+        let kf = KeyFile::epoch(&self.master, epoch, &key);
+        match self
+            .backend
+            .put(&Handle::new(FileType::Key, epoch_entry_name(epoch)), kf.encode().into(), PutMode::CreateOnly)
+            .await
+        {
+            Err(BackendError::AlreadyExists(_)) => {
+                return Err(Error::Invalid(format!(
+                    "key epoch {epoch} was just created by another `key rotate`; run it again if another \
+                     epoch is still wanted"
+                )));
+            }
+            r => r?,
+        }
+        let mut keys = ring;
+        keys.add_epoch(epoch, &key);
+        self.keys = Arc::new(keys);
+        Ok(epoch)
     }
 
     /// The backend.

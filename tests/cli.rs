@@ -18,6 +18,8 @@ const S3BK_VARS: &[&str] = &[
     "S3BK_PASSWORD",
     "S3BK_PASSWORD_FILE",
     "S3BK_PASSWORD_COMMAND",
+    "S3BK_KMS_KEY_ID",
+    "S3BK_NEW_PASSWORD",
     "S3BK_CACHE_DIR",
     "S3BK_CONFIG",
     "RUST_LOG",

@@ -1,15 +1,18 @@
 //! The run context: global options, the config file and active profile, and everything built
 //! from them that commands share: which repository, which password, opening (or, for the
-//! embedded default, creating) the repository, the cache folder and output settings.
+//! embedded default, creating) the repository, the cache folder and output settings. A
+//! repository is opened by KMS when `--kms-key-id` is given, else by password when one is
+//! configured, else by KMS when it has KMS key files, else by a password typed on a terminal.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
-use s3bk::backend::{Handle, MemoryBackend};
+use s3bk::backend::{Backend, Handle, MemoryBackend};
 use s3bk::error::Error;
-use s3bk::keyfile::KdfParams;
+use s3bk::keyfile::{KdfParams, Wrap};
+use s3bk::kms::Kms;
 use s3bk::repo::{InitOptions, Repository, Secret};
 
 use super::GlobalArgs;
@@ -123,17 +126,47 @@ impl Ctx {
         ))
     }
 
+    /// A KMS client from the standard AWS configuration (region, profile, credentials,
+    /// `AWS_ENDPOINT_URL_KMS`).
+    pub async fn kms(&self) -> anyhow::Result<Kms> {
+        Ok(Kms::from_env().await?)
+    }
+
     /// Opens the configured repository (or the existing default one), loading its index when
     /// `load_index` is set.
     pub async fn open(&self, load_index: bool) -> anyhow::Result<Opened> {
-        let mut opened = match self.configured_location()? {
-            Some(loc) => self.open_at(loc, None).await?,
+        self.open_with(load_index, true).await
+    }
+
+    /// Like [`Self::open`], but `--kms-key-id` is not a way to open: for `key add`, where it
+    /// names the key being added, which does not wrap the repository yet.
+    pub async fn open_ignoring_kms_flag(&self) -> anyhow::Result<Opened> {
+        self.open_with(false, false).await
+    }
+
+    /// The configured (or existing default) location, without opening it.
+    pub fn location(&self) -> anyhow::Result<Location> {
+        match self.configured_location()? {
+            Some(loc) => Ok(loc),
             None => {
                 let default = DefaultRepo::new()?;
                 if !default.exists() {
                     return Err(self.no_repository());
                 }
-                self.open_at(default.location(), Some(&default)).await?
+                Ok(default.location())
+            }
+        }
+    }
+
+    async fn open_with(&self, load_index: bool, kms_flag: bool) -> anyhow::Result<Opened> {
+        let mut opened = match self.configured_location()? {
+            Some(loc) => self.open_at(loc, None, kms_flag).await?,
+            None => {
+                let default = DefaultRepo::new()?;
+                if !default.exists() {
+                    return Err(self.no_repository());
+                }
+                self.open_at(default.location(), Some(&default), kms_flag).await?
             }
         };
         if load_index {
@@ -179,7 +212,47 @@ impl Ctx {
         repo.load_index(self.cache_dir().as_deref()).await.context("loading the index")
     }
 
-    async fn open_at(&self, loc: Location, default: Option<&DefaultRepo>) -> anyhow::Result<Opened> {
+    /// How to open the repository (see the module comment), and a description for messages.
+    async fn secret(
+        &self,
+        backend: &dyn Backend,
+        loc: &Location,
+        default: Option<&DefaultRepo>,
+        kms_flag: bool,
+    ) -> anyhow::Result<(Secret, String)> {
+        if kms_flag && let Some(id) = &self.global.kms_key_id {
+            return Ok((Secret::kms(self.kms().await?, Some(id.clone())), format!("through KMS key {id}")));
+        }
+        if let Some((pw, origin)) = self.explicit_password()? {
+            return Ok((Secret::passphrase(pw.to_vec()), format!("with the password {origin}")));
+        }
+        if let Some(d) = default
+            && d.key.exists()
+        {
+            let pw = password::from_file(&d.key)?;
+            return Ok((
+                Secret::passphrase(pw.to_vec()),
+                format!("with the password from key file {}", d.key.display()),
+            ));
+        }
+        let keys = s3bk::repo::key_files(backend).await?;
+        if keys.iter().any(|k| matches!(k.file.wrap, Wrap::Kms { .. })) {
+            return Ok((Secret::kms(self.kms().await?, None), "through its KMS key files".to_owned()));
+        }
+        if let Some(d) = default
+            && !password::can_prompt()
+        {
+            return Err(anyhow!(
+                "the default repository at {} has no key file at {}; restore the key file from your copy, or \
+                 give the password with S3BK_PASSWORD, --password-file or --password-command",
+                loc.display(),
+                d.key.display()
+            ));
+        }
+        Ok((Secret::passphrase(password::prompt(&loc.display())?.to_vec()), "with the password entered".to_owned()))
+    }
+
+    async fn open_at(&self, loc: Location, default: Option<&DefaultRepo>, kms_flag: bool) -> anyhow::Result<Opened> {
         let backend = loc.backend();
         // Check the repository is there before asking for a password.
         match backend.stat(&Handle::config()).await {
@@ -187,31 +260,15 @@ impl Ctx {
             Err(e) if e.is_not_found() => return Err(Error::NoRepository(loc.display()).into()),
             Err(e) => return Err(Error::from(e).into()),
         }
-        let (pw, origin) = match self.explicit_password()? {
-            Some(found) => found,
-            None => match default {
-                Some(d) if d.key.exists() => {
-                    (password::from_file(&d.key)?, format!("from key file {}", d.key.display()))
-                }
-                Some(d) if !password::can_prompt() => {
-                    return Err(anyhow!(
-                        "the default repository at {} has no key file at {}; restore the key \
-                         file from your copy, or give the password with S3BK_PASSWORD, \
-                         --password-file or --password-command",
-                        loc.display(),
-                        d.key.display()
-                    ));
-                }
-                _ => (password::prompt(&loc.display())?, "entered".to_owned()),
-            },
-        };
-        let repo = match Repository::open(backend, &Secret::passphrase(pw.to_vec())).await {
+        let (secret, origin) = self.secret(&*backend, &loc, default, kms_flag).await?;
+        let repo = match Repository::open(backend, &secret).await {
             Ok(r) => r,
             Err(e @ Error::WrongKey(_)) => {
-                return Err(anyhow::Error::new(e).context(format!(
-                    "cannot open repository {} with the password {origin}; check the password",
-                    loc.display()
-                )));
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot open repository {} {origin}; check the password", loc.display())));
+            }
+            Err(e @ (Error::Kms(_) | Error::NoKmsKeyFile | Error::NoPassphraseKeyFile)) => {
+                return Err(anyhow::Error::new(e).context(format!("cannot open repository {} {origin}", loc.display())));
             }
             Err(e) => return Err(e.into()),
         };

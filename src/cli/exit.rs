@@ -9,6 +9,7 @@
 //! | 10   | no repository: none configured, or none at the location        |
 //! | 11   | the repository is locked by another operation                  |
 //! | 12   | wrong password or key                                          |
+//! | 13   | KMS key unusable: missing, disabled, access denied, wrong encryption context, no credentials or region |
 //!
 //! Errors are `anyhow` chains; [`code_for`] looks for an [`s3bk::error::Error`] (or a
 //! [`CodedError`] raised by the CLI itself) anywhere in the chain.
@@ -29,6 +30,8 @@ pub const NO_REPOSITORY: u8 = 10;
 pub const LOCKED: u8 = 11;
 /// Wrong password or key.
 pub const WRONG_KEY: u8 = 12;
+/// An AWS KMS key cannot be used (missing, disabled, denied, wrong context, no credentials).
+pub const KMS_UNUSABLE: u8 = 13;
 
 /// The exit-code table shown at the end of `s3bk --help`.
 pub const HELP: &str = "\
@@ -40,9 +43,14 @@ Exit codes:
   10  no repository (none configured, or none at that location)
   11  repository locked by another operation
   12  wrong password or key
+  13  KMS key unusable (missing, disabled, access denied, wrong encryption context,
+      no AWS credentials or region)
 
 Environment:
   S3BK_PASSWORD          the repository password (checked before any other source)
+  S3BK_KMS_KEY_ID        AWS KMS key (id, ARN or alias/NAME) for --kms-key-id
+  S3BK_NEW_PASSWORD      the new password for `key add`
+  AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL_KMS, ...  the AWS SDK's usual configuration
   S3BK_CONFIG            config file (default: $XDG_CONFIG_HOME/s3bk/config.toml)
   RUST_LOG               log filter, overrides -v (e.g. RUST_LOG=s3bk=debug)";
 
@@ -80,7 +88,8 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
             return match e {
                 Error::NoRepository(_) => NO_REPOSITORY,
                 Error::Locked(_) => LOCKED,
-                Error::WrongKey(_) => WRONG_KEY,
+                Error::WrongKey(_) | Error::NoKmsKeyFile | Error::NoPassphraseKeyFile => WRONG_KEY,
+                Error::Kms(_) => KMS_UNUSABLE,
                 _ => ERROR,
             };
         }
@@ -108,5 +117,8 @@ mod tests {
         assert_eq!(code_for(&anyhow::anyhow!("other")), ERROR);
         let e = anyhow::Error::new(CodedError::new(NO_REPOSITORY, "none"));
         assert_eq!(code_for(&e), NO_REPOSITORY);
+        let e = anyhow::Error::new(Error::Kms("disabled".into())).context("opening repository");
+        assert_eq!(code_for(&e), KMS_UNUSABLE);
+        assert_eq!(code_for(&anyhow::Error::new(Error::NoKmsKeyFile)), WRONG_KEY);
     }
 }

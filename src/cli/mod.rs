@@ -12,6 +12,7 @@ pub mod filter;
 pub mod find;
 pub mod format;
 pub mod init;
+pub mod key;
 pub mod location;
 pub mod logging;
 pub mod ls;
@@ -69,6 +70,11 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "S3BK_PASSWORD_COMMAND", hide_env_values = true, value_name = "COMMAND")]
     pub password_command: Option<String>,
 
+    /// AWS KMS key (key id, ARN, alias/NAME): wraps the master key at `init`, is used to open the
+    /// repository instead of a password, is the key `key add` adds and `key rewrap` moves to
+    #[arg(long, global = true, env = "S3BK_KMS_KEY_ID", hide_env_values = true, value_name = "KEY")]
+    pub kms_key_id: Option<String>,
+
     /// Folder for the local index cache [default: $XDG_CACHE_HOME/s3bk]
     #[arg(long, global = true, env = "S3BK_CACHE_DIR", hide_env_values = true, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -107,6 +113,8 @@ pub enum Command {
     Diff(diff::Args),
     /// Find files by name across snapshots
     Find(find::Args),
+    /// Manage keys: list, add, remove, re-wrap under another KMS key, rotate the data key
+    Key(key::Args),
     /// Print a shell completion script
     Completions(completions::Args),
     /// Print or write manual pages
@@ -126,6 +134,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ls(args) => ls::run(&Ctx::new(global)?, &args).await,
         Command::Diff(args) => diff::run(&Ctx::new(global)?, &args).await,
         Command::Find(args) => find::run(&Ctx::new(global)?, &args).await,
+        Command::Key(args) => key::run(&Ctx::new(global)?, &args).await,
     }
 }
 
