@@ -579,10 +579,12 @@ impl Walker<'_> {
     }
 
     fn walk_dir(&self, dir: &Path, parent: Option<&Tree>, device: u64) -> Result<Receiver<Id>> {
-        let mut names: Vec<Vec<u8>> = match std::fs::read_dir(dir) {
+        // Entries are kept (not just names): `DirEntry::metadata` is an `fstatat` relative to the
+        // open directory, which spares the kernel resolving the full path of every entry.
+        let mut names: Vec<(Vec<u8>, std::fs::DirEntry)> = match std::fs::read_dir(dir) {
             Ok(rd) => rd
                 .filter_map(|e| match e {
-                    Ok(e) => Some(e.file_name().as_bytes().to_vec()),
+                    Ok(e) => Some((e.file_name().as_bytes().to_vec(), e)),
                     Err(err) => {
                         self.shared.skip(dir, format!("reading directory: {err}"));
                         None
@@ -594,14 +596,15 @@ impl Walker<'_> {
                 Vec::new()
             }
         };
-        names.sort();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
         let mut entries = Vec::with_capacity(names.len());
-        for name in names {
+        for (name, dirent) in names {
             let path = dir.join(OsStr::from_bytes(&name));
             if self.excludes.excluded(&path, &name) {
                 continue;
             }
-            let meta = match path.symlink_metadata() {
+            // Does not follow symlinks, like lstat.
+            let meta = match dirent.metadata() {
                 Ok(m) => m,
                 Err(e) => {
                     self.shared.skip(&path, format!("vanished or unreadable: {e}"));
