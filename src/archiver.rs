@@ -545,13 +545,13 @@ impl Walker<'_> {
             }
             NodeKind::File => {
                 stats.bytes_total.fetch_add(node.size, Relaxed);
-                if let Some(o) = old.filter(|o| unchanged(o, &node)) {
-                    if self.all_indexed(&o.content)? {
-                        node.content = o.content.clone();
-                        stats.files_unmodified.fetch_add(1, Relaxed);
-                        self.shared.progress.advance(1, node.size);
-                        return Ok(Some(Pending::Ready(node)));
-                    }
+                if let Some(o) = old.filter(|o| unchanged(o, &node))
+                    && self.all_indexed(&o.content)?
+                {
+                    node.content = o.content.clone();
+                    stats.files_unmodified.fetch_add(1, Relaxed);
+                    self.shared.progress.advance(1, node.size);
+                    return Ok(Some(Pending::Ready(node)));
                 }
                 if old.is_some() { &stats.files_changed } else { &stats.files_new }.fetch_add(1, Relaxed);
                 let (reply, rx) = bounded(1);
@@ -569,10 +569,10 @@ impl Walker<'_> {
 
     fn all_indexed(&self, content: &[Extent]) -> Result<bool> {
         for e in content {
-            if let Extent::Data(id) = e {
-                if !self.shared.index.contains(id)? {
-                    return Ok(false);
-                }
+            if let Extent::Data(id) = e
+                && !self.shared.index.contains(id)?
+            {
+                return Ok(false);
             }
         }
         Ok(true)

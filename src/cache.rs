@@ -197,7 +197,14 @@ mod tests {
     use crate::index::IndexPack;
 
     fn entry(n: u8, tpe: BlobType) -> BlobEntry {
-        BlobEntry { id: Id([n; 32]), tpe, offset: u32::from(n) * 10, length: 10, raw_len: 7, compressed: n % 2 == 0 }
+        BlobEntry {
+            id: Id([n; 32]),
+            tpe,
+            offset: u32::from(n) * 10,
+            length: 10,
+            raw_len: 7,
+            compressed: n.is_multiple_of(2),
+        }
     }
 
     #[test]

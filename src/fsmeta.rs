@@ -245,10 +245,10 @@ pub fn apply_metadata(path: &Path, node: &Node, opts: &ApplyOptions) -> Vec<Stri
         }
     }
 
-    if node.kind != NodeKind::Symlink {
-        if let Err(e) = chmod_nofollow(path, node.mode & 0o7777) {
-            warnings.push(format!("cannot set mode {:o} on {shown}: {e}", node.mode & 0o7777));
-        }
+    if node.kind != NodeKind::Symlink
+        && let Err(e) = chmod_nofollow(path, node.mode & 0o7777)
+    {
+        warnings.push(format!("cannot set mode {:o} on {shown}: {e}", node.mode & 0o7777));
     }
 
     if opts.xattrs {

@@ -310,10 +310,10 @@ fn keep_existing(path: &Path, node: &Node, policy: Overwrite) -> Result<bool> {
 
 /// Creates (or truncates) a regular file of `size` bytes, all holes, without following links.
 fn create_file(path: &Path, size: u64) -> Result<()> {
-    if let Ok(m) = path.symlink_metadata() {
-        if !m.is_file() {
-            remove_any(path)?;
-        }
+    if let Ok(m) = path.symlink_metadata()
+        && !m.is_file()
+    {
+        remove_any(path)?;
     }
     let f = OpenOptions::new()
         .write(true)
