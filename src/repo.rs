@@ -91,6 +91,8 @@ pub struct Repository {
     keys: Arc<Keys>,
     config: Config,
     index: Arc<BlobIndex>,
+    /// Whether the backend makes create-only puts atomic (see [`Backend::supports_create_only`]).
+    create_only: bool,
 }
 
 impl std::fmt::Debug for Repository {
@@ -158,6 +160,7 @@ impl Repository {
             Err(e) => return Err(e.into()),
         }
         backend.create().await?;
+        let create_only = backend.supports_create_only().await?;
         let master = MasterKey::generate();
         let mut seed = [0u8; 8];
         rand::fill(&mut seed);
@@ -182,7 +185,7 @@ impl Repository {
             Err(BackendError::AlreadyExists(_)) => return Err(Error::AlreadyInitialized(backend.location())),
             r => r?,
         }
-        Ok(Self { backend, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?) })
+        Ok(Self { backend, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?), create_only })
     }
 
     /// Opens the repository with `secret`. The index is not loaded yet (see [`Self::load_index`]).
@@ -204,7 +207,16 @@ impl Repository {
         if !unknown.is_empty() {
             return Err(Error::UnsupportedFeatures(unknown.join(", ")));
         }
-        Ok(Self { backend, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?) })
+        let create_only = match backend.supports_create_only().await {
+            Ok(b) => b,
+            // A read-only credential (restore, browse) cannot write the probe; assuming "not
+            // atomic" only makes locking more careful.
+            Err(e) => {
+                tracing::warn!("cannot probe for atomic create-only puts, assuming they are not: {e}");
+                false
+            }
+        };
+        Ok(Self { backend, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?), create_only })
     }
 
     async fn unwrap_master(backend: &dyn Backend, secret: &Secret) -> Result<MasterKey> {
@@ -232,6 +244,12 @@ impl Repository {
     /// The backend.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// Whether create-only puts are atomic on this backend, as probed at init or open. When not
+    /// (Garage), maintenance locking falls back to lock files (format §11).
+    pub fn create_only_supported(&self) -> bool {
+        self.create_only
     }
 
     /// The key set.
