@@ -83,6 +83,21 @@ async fn garage_ignores_create_only_and_the_probe_says_so() {
     assert!(!repo.create_only_supported());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn garage_wrong_region_is_permanent_and_names_the_fix() {
+    let server = Server::garage().await;
+    let sdk = server.sdk().to_builder().region(aws_sdk_s3::config::Region::new("eu-west-3")).build();
+    let be = s3bk::backend::S3Backend::new(&sdk, &server.bucket, "x", Default::default());
+    // HEAD (no error body) and GET-with-body requests both say what to do.
+    let head = be.create().await.unwrap_err();
+    let list = be.list(FileType::Index).await.unwrap_err();
+    for err in [head, list] {
+        assert!(matches!(err, BackendError::Permanent { .. }), "{err:?}");
+        let msg = format!("{err}");
+        assert!(msg.contains("--region"), "{msg}");
+    }
+}
+
 // ---- multipart ----
 
 async fn multipart(server: &Server) {

@@ -72,6 +72,21 @@ fn normalize_prefix(prefix: &str) -> String {
     if p.is_empty() { String::new() } else { format!("{p}/") }
 }
 
+/// `err` and its sources, joined with `: `, skipping a source its parent already quotes (the
+/// SDK's errors nest wrappers that repeat their cause).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !s.is_empty() && !parts.last().is_some_and(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
 /// The CRC64NVME of `data`, base64-encoded as S3 headers carry it.
 fn crc64nvme(data: &[u8]) -> String {
     let mut c = aws_smithy_checksums::ChecksumAlgorithm::Crc64Nvme.into_impl();
@@ -127,20 +142,23 @@ impl S3Backend {
             ))
         };
         let SdkError::ServiceError(se) = &err else {
-            let detail = DisplayErrorContext(&err).to_string();
+            let detail = error_chain(&err);
             return match err {
                 // No credentials anywhere in the chain: retrying will not find any.
                 _ if detail.to_ascii_lowercase().contains("credentials") => credentials(&detail),
-                SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                    transient(detail)
-                }
+                SdkError::DispatchFailure(_) => transient(format!(
+                    "cannot reach the S3 endpoint; check --endpoint-url (or AWS_ENDPOINT_URL), the network and \
+                     proxies ({detail})"
+                )),
+                SdkError::TimeoutError(_) | SdkError::ResponseError(_) => transient(detail),
                 _ => permanent(detail),
             };
         };
         let status = se.raw().status().as_u16();
         let code = se.err().code().unwrap_or("");
         let detail = match (code, se.err().message()) {
-            ("", None) => format!("HTTP {status}: {}", DisplayErrorContext(se.err())),
+            ("", None) if se.raw().status().is_success() => format!("HTTP {status}: {}", DisplayErrorContext(se.err())),
+            ("", None) => format!("HTTP {status}, no error details"),
             (_, m) => format!("HTTP {status} {code}{}", m.map(|m| format!(": {m}")).unwrap_or_default()),
         };
         let bucket_region = se.raw().headers().get("x-amz-bucket-region").map(str::to_owned);
@@ -170,7 +188,10 @@ impl S3Backend {
                 | "TokenRefreshRequired"
                 | "InvalidClientTokenId",
             ) => credentials(&detail),
+            // A bare 400 is what a HEAD (no error body) gets for a request signed for another
+            // region, by far the most common way to get a 400 from a well-formed request.
             (301, _)
+            | (400, "")
             | (_, "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException") => {
                 permanent(match bucket_region {
                     Some(r) => format!(
