@@ -98,6 +98,36 @@ async fn garage_wrong_region_is_permanent_and_names_the_fix() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn moto_storage_class_and_sse_kms_headers() {
+    use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
+    let server = Server::moto().await;
+    let opts = s3bk::backend::S3Options {
+        storage_class: StorageClass::GlacierIr,
+        sse_kms_key_id: Some("alias/s3bk-test".to_owned()),
+        ..Default::default()
+    };
+    let be = s3bk::backend::S3Backend::new(&server.sdk(), &server.bucket, "classes", opts);
+    let pack = random_handle(FileType::Pack);
+    let index = random_handle(FileType::Index);
+    for h in [&pack, &index] {
+        be.put(h, random_bytes(100), PutMode::CreateOnly).await.unwrap();
+    }
+    let head = |h: &Handle| {
+        let key = format!("classes/{}", h.path());
+        server.client().head_object().bucket(&server.bucket).key(key).send()
+    };
+    let p = head(&pack).await.unwrap();
+    let i = head(&index).await.unwrap();
+    assert_eq!(p.storage_class(), Some(&StorageClass::GlacierIr), "packs get the configured class");
+    // S3 omits the header for STANDARD.
+    assert!(matches!(i.storage_class(), None | Some(StorageClass::Standard)), "{:?}", i.storage_class());
+    for out in [&p, &i] {
+        assert_eq!(out.server_side_encryption(), Some(&ServerSideEncryption::AwsKms));
+        assert_eq!(out.ssekms_key_id(), Some("alias/s3bk-test"));
+    }
+}
+
 // ---- multipart ----
 
 async fn multipart(server: &Server) {

@@ -520,8 +520,9 @@ impl Backend for S3Backend {
         self.put_single(&probe, body.clone(), PutMode::CreateOnly).await?;
         let second = self.put_single(&probe, body, PutMode::CreateOnly).await;
         if let Err(e) = self.delete(&probe).await {
-            // A client without s3:DeleteObject leaves the probe behind; lock readers skip it.
-            tracing::warn!(object = %self.url(&probe), error = %e, "cannot delete the capability probe");
+            // A backup-only credential has no s3:DeleteObject (README): the probe stays behind,
+            // harmless (lock readers skip it), and not worth a warning on every run.
+            tracing::debug!(object = %self.url(&probe), error = %e, "cannot delete the capability probe");
         }
         match second {
             Err(BackendError::AlreadyExists(_)) => Ok(true),
