@@ -5,6 +5,7 @@
 //! `tracing`; all printing lives in the binary.
 
 pub mod archiver;
+pub mod aws;
 pub mod backend;
 pub mod browse;
 pub mod cache;

@@ -176,6 +176,8 @@ pub struct Repository {
     keys: Arc<Keys>,
     config: Config,
     index: Arc<BlobIndex>,
+    /// Whether the backend makes create-only puts atomic (see [`Backend::supports_create_only`]).
+    create_only: bool,
 }
 
 impl std::fmt::Debug for Repository {
@@ -271,6 +273,7 @@ impl Repository {
         };
         let keys = master.keys();
         backend.create().await?;
+        let create_only = backend.supports_create_only().await?;
         // Key first: a config without a key would be a locked-out repository.
         backend
             .put(&Handle::new(FileType::Key, Id::random().to_hex()), kf.encode().into(), PutMode::CreateOnly)
@@ -279,7 +282,7 @@ impl Repository {
             Err(BackendError::AlreadyExists(_)) => return Err(Error::AlreadyInitialized(backend.location())),
             r => r?,
         }
-        Ok(Self { backend, master, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?) })
+        Ok(Self { backend, master, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?), create_only })
     }
 
     /// Opens the repository with `secret`. The index is not loaded yet (see [`Self::load_index`]).
@@ -318,7 +321,16 @@ impl Repository {
             files[used].file.wrap.kind(),
             keys.epoch()
         );
-        Ok(Self { backend, master, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?) })
+        let create_only = match backend.supports_create_only().await {
+            Ok(b) => b,
+            // A read-only credential (restore, browse) cannot write the probe; assuming "not
+            // atomic" only makes locking more careful.
+            Err(e) => {
+                tracing::warn!("cannot probe for atomic create-only puts, assuming they are not: {e}");
+                false
+            }
+        };
+        Ok(Self { backend, master, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?), create_only })
     }
 
     /// The master key from the first key file that `secret` opens, and that file's position.
@@ -470,6 +482,12 @@ impl Repository {
     /// The backend.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// Whether create-only puts are atomic on this backend, as probed at init or open. When not
+    /// (Garage), maintenance locking falls back to lock files (format §11).
+    pub fn create_only_supported(&self) -> bool {
+        self.create_only
     }
 
     /// The key set.

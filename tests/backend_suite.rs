@@ -26,14 +26,14 @@ async fn local() -> (tempfile::TempDir, LocalBackend) {
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_conformance() {
     let be = MemoryBackend::new();
-    conformance(&be).await.unwrap();
+    conformance(&be, true).await.unwrap();
     assert_eq!(be.location(), "memory");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn local_conformance() {
     let (dir, be) = local().await;
-    conformance(&be).await.unwrap();
+    conformance(&be, true).await.unwrap();
     assert_eq!(be.location(), dir.path().join("repo").display().to_string());
     assert!(tmp_entries(&dir.path().join("repo")).is_empty());
 }

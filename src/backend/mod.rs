@@ -5,6 +5,7 @@
 
 mod local;
 mod memory;
+mod s3;
 
 use std::fmt;
 use std::ops::Range;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 
 pub use local::LocalBackend;
 pub use memory::MemoryBackend;
+pub use s3::{MULTIPART_THRESHOLD, PART_SIZE, S3Backend, S3Options};
 
 /// The kinds of object in a repository; each has its own folder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -190,7 +192,18 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Removes the object; [`BackendError::NotFound`] if it was not there.
     async fn delete(&self, h: &Handle) -> Result<(), BackendError>;
+
+    /// Whether [`PutMode::CreateOnly`] is atomic here. Some S3-compatible servers (Garage)
+    /// silently ignore `If-None-Match`, so a create-only put replaces; locking must then fall back
+    /// to lock files (format §11). Local and memory backends really honour it.
+    async fn supports_create_only(&self) -> Result<bool, BackendError> {
+        Ok(true)
+    }
 }
+
+/// The name of the capability probe in `locks/` (format §2): written create-only to learn whether
+/// the server honours conditional writes; never a lock, and never deleted.
+pub const CREATE_ONLY_PROBE: &str = "0000000000000000000000000000000000000000000000000000000000000001";
 
 /// Whether `name` is a valid object name for `tpe`: 64 lowercase hex digits (or `config`).
 /// Backends skip anything else they find when listing (temp files, stray uploads).

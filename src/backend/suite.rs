@@ -4,6 +4,10 @@
 //!
 //! It needs an empty location and leaves it empty (it deletes what it wrote, also on failure), so
 //! it can run against a shared bucket prefix.
+//!
+//! Servers that ignore conditional writes (Garage) run it with `create_only = false`: the suite
+//! then checks that the capability probe says so, and skips only the assertions that a
+//! create-only put refuses an existing name (sequentially and under a race).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -23,9 +27,11 @@ macro_rules! check {
     };
 }
 
-/// Runs the whole suite against `be`, which must be empty. `Err` names the first violation.
-pub async fn conformance(be: &dyn Backend) -> Result<(), String> {
-    let mut s = Suite { be, written: BTreeSet::new() };
+/// Runs the whole suite against `be`, which must be empty. `create_only` is whether the backend
+/// is expected to honour [`PutMode::CreateOnly`] atomically; the probe must agree. `Err` names the
+/// first violation.
+pub async fn conformance(be: &dyn Backend, create_only: bool) -> Result<(), String> {
+    let mut s = Suite { be, written: BTreeSet::new(), create_only };
     let result = s.run().await;
     let cleanup = s.cleanup().await;
     result.and(cleanup)
@@ -35,6 +41,8 @@ struct Suite<'a> {
     be: &'a dyn Backend,
     /// Everything the suite may have stored, for the final cleanup.
     written: BTreeSet<Handle>,
+    /// Whether create-only puts must refuse an existing name.
+    create_only: bool,
 }
 
 fn random_bytes(n: usize) -> Bytes {
@@ -199,8 +207,22 @@ impl Suite<'_> {
             objects.push(mine);
         }
 
+        let probed = be.supports_create_only().await.map_err(|e| format!("capability probe failed: {e}"))?;
+        check!(
+            probed == self.create_only,
+            "the capability probe says create-only puts are {}atomic, the suite was told {}",
+            if probed { "" } else { "not " },
+            self.create_only
+        );
+        // The probe must leave nothing behind (it writes and deletes a lock object).
+        for (tpe, mine) in FileType::ALL.into_iter().zip(&objects) {
+            self.expect_list(tpe, &mine.iter().map(|(h, d)| (h, d.len())).collect::<Vec<_>>())
+                .await
+                .map_err(|e| format!("after the capability probe: {e}"))?;
+        }
+
         // Create-only never replaces; overwrite does.
-        for (h, old) in objects.iter().flatten() {
+        for (h, old) in objects.iter().flatten().filter(|_| self.create_only) {
             match be.put(h, random_bytes(10), PutMode::CreateOnly).await {
                 Ok(()) => return Err(format!("create-only put over existing {h} succeeded")),
                 Err(BackendError::AlreadyExists(got)) => {
@@ -262,6 +284,9 @@ impl Suite<'_> {
         self.expect_range(&big, &data, data.len() - 4096, data.len()).await?;
         self.expect_list(FileType::Pack, &[(&big, data.len())]).await?;
 
+        if !self.create_only {
+            return Ok(());
+        }
         // Racing create-only puts: exactly one wins and its content is what is stored.
         let contested = random_handle(FileType::Lock);
         let contents: Vec<Bytes> = (0..16).map(|i| random_bytes(64 * 1024 + i)).collect();

@@ -74,13 +74,13 @@ impl Ctx {
     /// The configured repository location, if any: `--repo`/`S3BK_REPOSITORY`, then the profile.
     pub fn configured_location(&self) -> anyhow::Result<Option<Location>> {
         if let Some(spec) = &self.global.repo {
-            return Ok(Some(Location { path: location::parse(spec, None)?, origin: Origin::Flag }));
+            return Ok(Some(Location { target: location::parse(spec, None)?, origin: Origin::Flag }));
         }
         if let Some(p) = &self.profile
             && let Some(spec) = &p.profile.repo
         {
-            let path = location::parse(spec, Some(&p.base)).with_context(|| format!("profile {:?}", p.name))?;
-            return Ok(Some(Location { path, origin: Origin::Profile(p.name.clone()) }));
+            let target = location::parse(spec, Some(&p.base)).with_context(|| format!("profile {:?}", p.name))?;
+            return Ok(Some(Location { target, origin: Origin::Profile(p.name.clone()) }));
         }
         Ok(None)
     }
@@ -253,11 +253,17 @@ impl Ctx {
     }
 
     async fn open_at(&self, loc: Location, default: Option<&DefaultRepo>, kms_flag: bool) -> anyhow::Result<Opened> {
-        let backend = loc.backend();
+        let backend = loc.backend(&self.global.s3).await?;
         // Check the repository is there before asking for a password.
         match backend.stat(&Handle::config()).await {
             Ok(_) => {}
-            Err(e) if e.is_not_found() => return Err(Error::NoRepository(loc.display()).into()),
+            Err(e) if e.is_not_found() => {
+                // A missing bucket also reads as a missing object: say which it is.
+                if loc.is_s3() {
+                    backend.create().await.map_err(Error::from)?;
+                }
+                return Err(Error::NoRepository(loc.display()).into());
+            }
             Err(e) => return Err(Error::from(e).into()),
         }
         let (secret, origin) = self.secret(&*backend, &loc, default, kms_flag).await?;
@@ -289,9 +295,13 @@ impl Ctx {
             Some((p, origin)) => (p, Some(origin)),
             None => (ensure_key_file(&default.key)?, None),
         };
-        let repo = Repository::init(loc.backend(), &Secret::passphrase(pw.to_vec()), &InitOptions::default())
-            .await
-            .with_context(|| format!("creating the default repository at {}", loc.display()))?;
+        let repo = Repository::init(
+            loc.backend(&self.global.s3).await?,
+            &Secret::passphrase(pw.to_vec()),
+            &InitOptions::default(),
+        )
+        .await
+        .with_context(|| format!("creating the default repository at {}", loc.display()))?;
         match origin {
             None => self.note(format_args!(
                 "Created a new repository at {}.\n\

@@ -97,6 +97,25 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
     ERROR
 }
 
+/// The message for `err`: its chain joined with `: ` like `{:#}`, but without a cause that the
+/// message before it already ends with (errors that show their source, like backend errors).
+pub fn render(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut prev = String::new();
+    for cause in err.chain() {
+        let s = cause.to_string();
+        if !prev.is_empty() && prev.ends_with(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+        prev = s;
+    }
+    out
+}
+
 /// Whether `err` is a write to a closed pipe (`s3bk ls | head`): not worth reporting.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
@@ -120,5 +139,14 @@ mod tests {
         let e = anyhow::Error::new(Error::Kms("disabled".into())).context("opening repository");
         assert_eq!(code_for(&e), KMS_UNUSABLE);
         assert_eq!(code_for(&anyhow::Error::new(Error::NoKmsKeyFile)), WRONG_KEY);
+    }
+
+    #[test]
+    fn render_drops_repeated_causes() {
+        let inner = s3bk::backend::BackendError::Permanent { context: "reading x".into(), source: "denied".into() };
+        let e = anyhow::Error::new(Error::from(inner)).context("opening");
+        assert_eq!(format!("{e:#}"), "opening: reading x: denied: denied");
+        assert_eq!(render(&e), "opening: reading x: denied");
+        assert_eq!(render(&anyhow::anyhow!("a").context("b")), "b: a");
     }
 }

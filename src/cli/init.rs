@@ -44,7 +44,7 @@ pub async fn run(ctx: &Ctx, _args: &Args) -> anyhow::Result<u8> {
         }
         return Ok(exit::OK);
     };
-    let backend = loc.backend();
+    let backend = loc.backend(&ctx.global.s3).await?;
     match backend.stat(&Handle::config()).await {
         Ok(_) => return Err(Error::AlreadyInitialized(loc.display()).into()),
         Err(e) if e.is_not_found() => {}

@@ -86,7 +86,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
 /// The key files at the configured location (the repository must exist; no key is needed).
 async fn stored(ctx: &Ctx) -> anyhow::Result<Vec<StoredKey>> {
     let loc = ctx.location()?;
-    let backend = loc.backend();
+    let backend = loc.backend(&ctx.global.s3).await?;
     match backend.stat(&Handle::config()).await {
         Ok(_) => {}
         Err(e) if e.is_not_found() => return Err(Error::NoRepository(loc.display()).into()),
@@ -232,7 +232,8 @@ async fn rewrap(ctx: &Ctx, args: &RewrapArgs) -> anyhow::Result<u8> {
     };
     let loc = ctx.location()?;
     let kms = ctx.kms().await?;
-    let done = rewrap_kms(&*loc.backend(), &kms, new_key, only.as_deref())
+    let backend = loc.backend(&ctx.global.s3).await?;
+    let done = rewrap_kms(&*backend, &kms, new_key, only.as_deref())
         .await
         .with_context(|| format!("re-wrapping under KMS key {new_key}"))?;
     if ctx.global.json {

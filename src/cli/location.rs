@@ -1,6 +1,7 @@
-//! Repository locations: parsing a `--repo` string into a backend, and the embedded default
-//! repository (`$XDG_DATA_HOME/s3bk/repo`, key in `$XDG_CONFIG_HOME/s3bk/key`) with the
-//! creation of its key file. Only local directories are supported by this build.
+//! Repository locations: parsing a `--repo` string (a local directory or `s3://bucket[/prefix]`)
+//! into a backend with the global S3 options, and the embedded default repository
+//! (`$XDG_DATA_HOME/s3bk/repo`, key in `$XDG_CONFIG_HOME/s3bk/key`) with the creation of its key
+//! file.
 
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -9,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use s3bk::backend::{Backend, LocalBackend};
+use s3bk::backend::{Backend, LocalBackend, S3Backend};
 
+use super::S3Args;
 use super::config::resolve_path;
 
 /// Where a repository location came from.
@@ -34,50 +36,109 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// Where a repository's objects live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A local (or mounted) folder.
+    Local(PathBuf),
+    /// A prefix of an S3 bucket (`prefix` is empty or has no leading/trailing `/`).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix.
+        prefix: String,
+    },
+}
+
 /// A resolved repository location.
 #[derive(Clone, Debug)]
 pub struct Location {
-    /// The repository folder.
-    pub path: PathBuf,
+    /// Where the objects are.
+    pub target: Target,
     /// Where it was configured.
     pub origin: Origin,
 }
 
 impl Location {
-    /// A backend for it.
-    pub fn backend(&self) -> Arc<dyn Backend> {
-        Arc::new(LocalBackend::new(&self.path))
+    /// A backend for it; S3 ones are configured from `s3` and the AWS configuration chain.
+    pub async fn backend(&self, s3: &S3Args) -> anyhow::Result<Arc<dyn Backend>> {
+        match &self.target {
+            Target::Local(path) => Ok(Arc::new(LocalBackend::new(path))),
+            Target::S3 { bucket, prefix } => {
+                let (opts, warning) = s3.options()?;
+                if let Some(w) = warning {
+                    eprintln!("warning: {w}");
+                }
+                let sdk = s3bk::aws::load(&s3.aws_options()).await?;
+                Ok(Arc::new(S3Backend::new(&sdk, bucket, prefix, opts)))
+            }
+        }
+    }
+
+    /// Whether the repository is in S3.
+    pub fn is_s3(&self) -> bool {
+        matches!(self.target, Target::S3 { .. })
     }
 
     /// The location as shown to users.
     pub fn display(&self) -> String {
-        self.path.display().to_string()
+        match &self.target {
+            Target::Local(path) => path.display().to_string(),
+            Target::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            Target::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        }
     }
 }
 
-/// Turns a repository string into a local folder. `base` is the folder relative paths are
-/// relative to (the config file's for a profile, the working directory otherwise).
-pub fn parse(spec: &str, base: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// Whether `b` is a valid S3 bucket name (3-63 of a-z 0-9 . -, starting and ending alphanumeric).
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes().all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-'))
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Parses `s3://bucket[/prefix]`.
+fn parse_s3(spec: &str, rest: &str) -> anyhow::Result<Target> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if !valid_bucket(bucket) {
+        bail!(
+            "invalid S3 location {spec}: {bucket:?} is not a bucket name (3-63 lowercase letters, digits, dots              and hyphens); write s3://BUCKET[/PREFIX]"
+        );
+    }
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") && !prefix.is_empty() {
+        bail!("invalid S3 location {spec}: the prefix must not contain empty, `.` or `..` segments");
+    }
+    Ok(Target::S3 { bucket: bucket.to_owned(), prefix: prefix.to_owned() })
+}
+
+/// Turns a repository string into a target. `base` is the folder relative paths are relative to
+/// (the config file's for a profile, the working directory otherwise).
+pub fn parse(spec: &str, base: Option<&Path>) -> anyhow::Result<Target> {
     let spec = spec.trim();
     if spec.is_empty() {
         bail!("the repository location is empty");
     }
-    let lower = spec.to_ascii_lowercase();
-    if lower.starts_with("s3:") {
-        bail!("S3 repositories are not supported by this build yet ({spec}); use a local directory");
-    }
-    if let Some((scheme, _)) = spec.split_once("://")
+    if let Some((scheme, rest)) = spec.split_once("://")
         && !scheme.is_empty()
         && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
     {
-        bail!("unsupported repository location {spec}: this build only supports local directories");
+        if scheme.eq_ignore_ascii_case("s3") {
+            return parse_s3(spec, rest);
+        }
+        bail!("unsupported repository location {spec}: use a local directory or s3://BUCKET[/PREFIX]");
+    }
+    if spec.to_ascii_lowercase().starts_with("s3:") {
+        bail!("invalid S3 location {spec}: write s3://BUCKET[/PREFIX]");
     }
     let spec = spec.strip_prefix("local:").unwrap_or(spec);
     let path = match base {
         Some(base) => resolve_path(base, Path::new(spec)),
         None => resolve_path(Path::new(""), Path::new(spec)),
     };
-    std::path::absolute(&path).with_context(|| format!("resolving repository path {}", path.display()))
+    let path = std::path::absolute(&path).with_context(|| format!("resolving repository path {}", path.display()))?;
+    Ok(Target::Local(path))
 }
 
 /// The embedded default repository and its key file.
@@ -104,7 +165,7 @@ impl DefaultRepo {
 
     /// The location.
     pub fn location(&self) -> Location {
-        Location { path: self.repo.clone(), origin: Origin::Default }
+        Location { target: Target::Local(self.repo.clone()), origin: Origin::Default }
     }
 }
 
@@ -159,13 +220,22 @@ mod tests {
 
     #[test]
     fn parses_locations() {
-        let e = parse("s3://bucket/x", None).unwrap_err().to_string();
-        assert!(e.contains("S3 repositories are not supported by this build yet"), "{e}");
+        let s3 = |b: &str, p: &str| Target::S3 { bucket: b.to_owned(), prefix: p.to_owned() };
+        assert_eq!(parse("s3://bucket/x", None).unwrap(), s3("bucket", "x"));
+        assert_eq!(parse("S3://my.bucket-1/a/b/", None).unwrap(), s3("my.bucket-1", "a/b"));
+        assert_eq!(parse("s3://bucket", None).unwrap(), s3("bucket", ""));
+        assert_eq!(parse("s3://bucket/", None).unwrap(), s3("bucket", ""));
+        for bad in ["s3://", "s3://B", "s3://ab", "s3://bucket//x", "s3://bucket/a/../b", "s3:bucket"] {
+            let e = parse(bad, None).unwrap_err().to_string();
+            assert!(e.contains("s3://") || e.contains("bucket"), "{bad}: {e}");
+        }
         assert!(parse("sftp://host/x", None).is_err());
         assert!(parse("  ", None).is_err());
-        assert_eq!(parse("/a/b", None).unwrap(), Path::new("/a/b"));
-        assert_eq!(parse("rel", Some(Path::new("/etc/s3bk"))).unwrap(), Path::new("/etc/s3bk/rel"));
-        assert!(parse("rel", None).unwrap().is_absolute());
+        assert_eq!(parse("/a/b", None).unwrap(), Target::Local("/a/b".into()));
+        assert_eq!(parse("rel", Some(Path::new("/etc/s3bk"))).unwrap(), Target::Local("/etc/s3bk/rel".into()));
+        assert!(matches!(parse("rel", None).unwrap(), Target::Local(p) if p.is_absolute()));
+        let loc = Location { target: s3("b", "p/q"), origin: Origin::Flag };
+        assert_eq!(loc.display(), "s3://b/p/q");
     }
 
     #[test]

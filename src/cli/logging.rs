@@ -19,6 +19,11 @@ pub fn init(verbose: u8, quiet: bool) {
             eprintln!("warning: ignoring RUST_LOG={spec:?}: {e}");
             EnvFilter::new(level)
         }),
+        // The AWS SDK warns about every step of its configuration chain that found nothing
+        // (no IMDS off EC2, no profile file): noise unless debugging.
+        _ if verbose < 2 => EnvFilter::new(format!(
+            "{level},aws_config=error,aws_runtime=error,aws_types=error,aws_smithy_runtime=error"
+        )),
         _ => EnvFilter::new(level),
     };
     let _ = tracing_subscriber::fmt()

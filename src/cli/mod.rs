@@ -54,8 +54,8 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// Repository location (a local directory)
-    #[arg(long, short = 'r', global = true, env = "S3BK_REPOSITORY", hide_env_values = true, value_name = "PATH")]
+    /// Repository location: a local directory or s3://BUCKET[/PREFIX]
+    #[arg(long, short = 'r', global = true, env = "S3BK_REPOSITORY", hide_env_values = true, value_name = "LOCATION")]
     pub repo: Option<String>,
 
     /// Use this profile from the config file
@@ -94,6 +94,124 @@ pub struct GlobalArgs {
     /// Log more (-v info, -vv debug, -vvv trace)
     #[arg(long, short, global = true, action = ArgAction::Count)]
     pub verbose: u8,
+
+    /// Options for s3:// repositories.
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// Storage classes for pack objects (metadata is always STANDARD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StorageClassArg {
+    /// S3 Standard
+    Standard,
+    /// Standard-Infrequent Access (30-day minimum, per-GB retrieval fee)
+    StandardIa,
+    /// Intelligent-Tiering (the default: moves cold packs to cheaper tiers by itself)
+    IntelligentTiering,
+    /// Glacier Instant Retrieval (90-day minimum, millisecond reads)
+    GlacierIr,
+    /// One Zone-Infrequent Access (one availability zone)
+    OnezoneIa,
+    /// Glacier Flexible Retrieval: restores take hours (needs --allow-archive-storage)
+    Glacier,
+    /// Glacier Deep Archive: restores take up to 48 hours (needs --allow-archive-storage)
+    DeepArchive,
+}
+
+/// Options for `s3://` repositories (ignored for local ones).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "S3 options")]
+pub struct S3Args {
+    /// S3 endpoint for S3-compatible stores (MinIO, Garage); AWS_ENDPOINT_URL_S3 also works
+    #[arg(long, global = true, env = "S3BK_ENDPOINT_URL", value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// AWS region of the bucket [default: AWS_REGION or the AWS profile's]
+    #[arg(long, global = true, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// AWS shared-config profile to take credentials and region from [default: AWS_PROFILE]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub aws_profile: Option<String>,
+
+    /// Allow a plain-http endpoint on another host (loopback endpoints are always allowed)
+    #[arg(long, global = true)]
+    pub insecure_http: bool,
+
+    /// Address buckets as ENDPOINT/BUCKET [default when --endpoint-url is set]
+    #[arg(long, global = true, conflicts_with = "virtual_hosted_style")]
+    pub path_style: bool,
+
+    /// Address buckets as BUCKET.ENDPOINT [default for AWS]
+    #[arg(long, global = true)]
+    pub virtual_hosted_style: bool,
+
+    /// Storage class of new data packs
+    #[arg(long, global = true, value_enum, ignore_case = true, value_name = "CLASS")]
+    pub storage_class: Option<StorageClassArg>,
+
+    /// Allow GLACIER and DEEP_ARCHIVE for data packs (restores then need hours)
+    #[arg(long, global = true)]
+    pub allow_archive_storage: bool,
+
+    /// Encrypt objects at rest with this KMS key (id, ARN or alias) on top of s3bk's encryption
+    #[arg(long, global = true, value_name = "KEY")]
+    pub sse_kms_key_id: Option<String>,
+
+    /// Parallel S3 requests [default: 16]
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub connections: Option<u16>,
+}
+
+impl S3Args {
+    /// The AWS configuration overrides.
+    pub fn aws_options(&self) -> s3bk::aws::AwsOptions {
+        s3bk::aws::AwsOptions {
+            region: self.region.clone(),
+            profile: self.aws_profile.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            insecure_http: self.insecure_http,
+        }
+    }
+
+    /// The backend options, and a warning to show when an archive class was chosen.
+    pub fn options(&self) -> anyhow::Result<(s3bk::backend::S3Options, Option<String>)> {
+        use aws_sdk_s3::types::StorageClass as C;
+        let mut warning = None;
+        let class = match self.storage_class.unwrap_or(StorageClassArg::IntelligentTiering) {
+            StorageClassArg::Standard => C::Standard,
+            StorageClassArg::StandardIa => C::StandardIa,
+            StorageClassArg::IntelligentTiering => C::IntelligentTiering,
+            StorageClassArg::GlacierIr => C::GlacierIr,
+            StorageClassArg::OnezoneIa => C::OnezoneIa,
+            archive @ (StorageClassArg::Glacier | StorageClassArg::DeepArchive) => {
+                let name = if archive == StorageClassArg::Glacier { "GLACIER" } else { "DEEP_ARCHIVE" };
+                if !self.allow_archive_storage {
+                    anyhow::bail!(
+                        "--storage-class {name} makes every restore wait hours for S3 to thaw the data; pass                          --allow-archive-storage as well if that is what you want"
+                    );
+                }
+                warning = Some(format!(
+                    "data packs go to {name}: a restore must first thaw them, which takes hours (up to 48 h                      for DEEP_ARCHIVE) and costs per GB"
+                ));
+                if archive == StorageClassArg::Glacier { C::Glacier } else { C::DeepArchive }
+            }
+        };
+        let path_style = match (self.path_style, self.virtual_hosted_style) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        };
+        let opts = s3bk::backend::S3Options {
+            storage_class: class,
+            sse_kms_key_id: self.sse_kms_key_id.clone(),
+            connections: self.connections.map_or(16, usize::from),
+            path_style,
+        };
+        Ok((opts, warning))
+    }
 }
 
 /// The commands.
