@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use jiff::Span;
+use s3bk::forget::{self, KeepPolicy};
 use serde::Deserialize;
 
 /// Environment variable naming the config file, instead of the default path.
@@ -53,17 +55,27 @@ pub struct Profile {
     /// Tags added to every backup.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Which snapshots to keep (used by `forget`, to come).
+    /// Which snapshots `forget` keeps when no `--keep-*` option is given.
     pub retention: Option<Retention>,
 }
 
 /// A retention policy, as in `forget --keep-*`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code, reason = "parsed and checked now, used by the `forget` command to come")]
 pub struct Retention {
-    /// Keep every snapshot younger than this (e.g. `60d`, `2weeks`).
+    /// Keep every snapshot younger than this, measured from the group's newest snapshot (e.g.
+    /// `60d`, `2weeks`, `6mo`).
     pub keep_within: Option<String>,
+    /// Keep the newest snapshot of each hour within this span.
+    pub keep_within_hourly: Option<String>,
+    /// ... of each day.
+    pub keep_within_daily: Option<String>,
+    /// ... of each week.
+    pub keep_within_weekly: Option<String>,
+    /// ... of each month.
+    pub keep_within_monthly: Option<String>,
+    /// ... of each year.
+    pub keep_within_yearly: Option<String>,
     /// Keep the newest N snapshots.
     pub keep_last: Option<u32>,
     /// Keep the newest snapshot of each of the last N hours that have one.
@@ -79,6 +91,30 @@ pub struct Retention {
     /// Keep every snapshot with one of these tags.
     #[serde(default)]
     pub keep_tags: Vec<String>,
+}
+
+impl Retention {
+    /// The policy, with every span parsed (the error names the field).
+    pub fn policy(&self) -> anyhow::Result<KeepPolicy> {
+        let span = |field: &str, v: &Option<String>| -> anyhow::Result<Option<Span>> {
+            v.as_deref().map(|s| forget::parse_span(s).with_context(|| format!("retention.{field}"))).transpose()
+        };
+        Ok(KeepPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: span("keep_within", &self.keep_within)?,
+            within_hourly: span("keep_within_hourly", &self.keep_within_hourly)?,
+            within_daily: span("keep_within_daily", &self.keep_within_daily)?,
+            within_weekly: span("keep_within_weekly", &self.keep_within_weekly)?,
+            within_monthly: span("keep_within_monthly", &self.keep_within_monthly)?,
+            within_yearly: span("keep_within_yearly", &self.keep_within_yearly)?,
+            tags: self.keep_tags.clone(),
+        })
+    }
 }
 
 /// A config file that was found and read.
@@ -130,10 +166,8 @@ pub fn load() -> anyhow::Result<Option<Loaded>> {
 pub fn parse(text: &str) -> anyhow::Result<ConfigFile> {
     let file: ConfigFile = toml::from_str(text)?;
     for (name, p) in &file.profiles {
-        if let Some(within) = p.retention.as_ref().and_then(|r| r.keep_within.as_deref()) {
-            humantime::parse_duration(within).with_context(|| {
-                format!("profile {name:?}: retention.keep_within = {within:?} is not a duration (try \"60d\")")
-            })?;
+        if let Some(r) = &p.retention {
+            r.policy().with_context(|| format!("profile {name:?}"))?;
         }
     }
     if let Some(d) = &file.default_profile
@@ -202,7 +236,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.profiles["a"].repo.as_deref(), Some("/r"));
-        assert_eq!(c.profiles["a"].retention.as_ref().unwrap().keep_daily, Some(7));
+        let policy = c.profiles["a"].retention.as_ref().unwrap().policy().unwrap();
+        assert_eq!(policy.daily, Some(7));
+        assert_eq!(policy.within.map(forget::show_span).as_deref(), Some("60d"));
         let loaded = Loaded { path: "/etc/s3bk/config.toml".into(), file: c };
         let p = select(Some(&loaded), None).unwrap().unwrap();
         assert_eq!(p.name, "a");
@@ -214,6 +250,9 @@ mod tests {
     fn rejects_mistakes() {
         assert!(parse("[profiles.a]\nrepoo = \"x\"").is_err());
         assert!(parse("[profiles.a]\nretention = { keep_within = \"soon\" }").is_err());
+        // `m` is minutes in the span syntax, so it is refused rather than read as months.
+        let e = parse("[profiles.a]\nretention = { keep_within_daily = \"6m\" }").unwrap_err();
+        assert!(format!("{e:#}").contains("retention.keep_within_daily"), "{e:#}");
         assert!(parse("default_profile = \"z\"").is_err());
     }
 }

@@ -10,6 +10,7 @@ pub mod diff;
 pub mod exit;
 pub mod filter;
 pub mod find;
+pub mod forget;
 pub mod format;
 pub mod init;
 pub mod key;
@@ -231,6 +232,8 @@ pub enum Command {
     Diff(diff::Args),
     /// Find files by name across snapshots
     Find(find::Args),
+    /// Remove snapshots by a retention policy (their data stays until prune)
+    Forget(Box<forget::Args>),
     /// Manage keys: list, add, remove, re-wrap under another KMS key, rotate the data key
     Key(key::Args),
     /// Print a shell completion script
@@ -252,6 +255,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ls(args) => ls::run(&Ctx::new(global)?, &args).await,
         Command::Diff(args) => diff::run(&Ctx::new(global)?, &args).await,
         Command::Find(args) => find::run(&Ctx::new(global)?, &args).await,
+        Command::Forget(args) => forget::run(&Ctx::new(global)?, &args).await,
         Command::Key(args) => key::run(&Ctx::new(global)?, &args).await,
     }
 }
