@@ -269,6 +269,7 @@ pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn P
             keys: repo.keys().clone(),
             index: repo.index().clone(),
             rt: tokio::runtime::Handle::current(),
+            limit: Arc::new(tokio::sync::Semaphore::new(repo.backend().connections().max(4))),
         };
         tokio::task::spawn_blocking(move || {
             let walk = WalkOptions { excludes: &excludes, one_file_system: one_fs, estimate_totals: estimate };
@@ -377,21 +378,75 @@ async fn find_parent(
     }
 }
 
-/// Lets the (blocking) walker load parent trees through the async backend.
+/// Loads parent trees for the (blocking) walker through the async backend.
+///
+/// When the walk enters a directory, the trees of all its parent-snapshot subdirectories are
+/// fetched and decoded concurrently, so they are ready when the walk reaches them: one round
+/// trip per directory in sequence would dominate an unchanged re-backup over S3.
 struct TreeLoader {
     backend: Arc<dyn crate::backend::Backend>,
     keys: Arc<Keys>,
     index: Arc<BlobIndex>,
     rt: tokio::runtime::Handle,
+    limit: Arc<tokio::sync::Semaphore>,
+}
+
+/// A directory's tree in the parent snapshot, with its subdirectories' trees on the way.
+struct Parent {
+    tree: Tree,
+    subtrees: std::cell::RefCell<std::collections::HashMap<Vec<u8>, tokio::task::JoinHandle<Result<Tree>>>>,
+}
+
+impl Drop for Parent {
+    fn drop(&mut self) {
+        // Subdirectories that are gone since: stop their fetches.
+        for (_, h) in self.subtrees.get_mut().drain() {
+            h.abort();
+        }
+    }
 }
 
 impl TreeLoader {
-    fn load(&self, id: &Id) -> Result<Tree> {
-        let loc = self.index.get(id)?.ok_or(Error::MissingBlob(*id))?;
-        let h = Handle::new(FileType::Pack, loc.pack.to_hex());
-        let sealed = self.rt.block_on(self.backend.get(&h, Some(loc.entry.range())))?;
-        let plain = crate::repo::decode_blob_with(&self.keys, &loc.entry, &sealed)?;
-        Tree::decode(&plain).map_err(|e| Error::corrupt(format!("tree {id}"), e.to_string()))
+    /// Starts fetching the trees of `tree`'s subdirectories.
+    fn enter(&self, tree: Tree) -> Parent {
+        let subtrees = tree
+            .nodes
+            .iter()
+            .filter(|n| n.kind == NodeKind::Dir)
+            .filter_map(|n| Some((n.name.clone(), self.spawn_load(n.subtree?))))
+            .collect();
+        Parent { tree, subtrees: std::cell::RefCell::new(subtrees) }
+    }
+
+    fn spawn_load(&self, id: Id) -> tokio::task::JoinHandle<Result<Tree>> {
+        let (backend, keys, index, limit) =
+            (self.backend.clone(), self.keys.clone(), self.index.clone(), self.limit.clone());
+        self.rt.spawn(async move {
+            let _permit = limit.acquire_owned().await.map_err(|_| Error::Cancelled)?;
+            let loc = index.get(&id)?.ok_or(Error::MissingBlob(id))?;
+            let h = Handle::new(FileType::Pack, loc.pack.to_hex());
+            let sealed = backend.get(&h, Some(loc.entry.range())).await?;
+            tokio::task::spawn_blocking(move || {
+                let plain = crate::repo::decode_blob_with(&keys, &loc.entry, &sealed)?;
+                Tree::decode(&plain).map_err(|e| Error::corrupt(format!("tree {id}"), e.to_string()))
+            })
+            .await
+            .map_err(|_| Error::Cancelled)?
+        })
+    }
+
+    /// The parent-snapshot tree of subdirectory `name` of `parent`, once fetched. A tree that
+    /// cannot be loaded only costs change detection (its files are read again), so it is a warning.
+    fn subtree(&self, parent: &Parent, name: &[u8]) -> Option<Parent> {
+        let h = parent.subtrees.borrow_mut().remove(name)?;
+        match self.rt.block_on(h) {
+            Ok(Ok(t)) => Some(self.enter(t)),
+            Ok(Err(e)) => {
+                tracing::warn!("parent tree of {:?}: {e}", String::from_utf8_lossy(name));
+                None
+            }
+            Err(_) => None,
+        }
     }
 }
 
@@ -451,7 +506,7 @@ fn run_pipeline(
             dirs: dir_tx,
             loader,
         };
-        let root = walker.walk_roots(roots.clone(), parent_root.as_ref());
+        let root = walker.walk_roots(roots.clone(), parent_root);
         walked.store(true, Relaxed);
         drop(walker);
         root
@@ -490,7 +545,9 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn walk_roots(&self, roots: Vec<(PathBuf, Vec<u8>)>, parent: Option<&Tree>) -> Result<Id> {
+    fn walk_roots(&self, roots: Vec<(PathBuf, Vec<u8>)>, parent: Option<Tree>) -> Result<Id> {
+        let parent = parent.map(|t| self.loader.enter(t));
+        let parent = parent.as_ref();
         let mut entries = Vec::new();
         for (path, name) in roots {
             let meta = path.symlink_metadata().map_err(|e| Error::io(&path, e))?;
@@ -515,7 +572,7 @@ impl Walker<'_> {
         path: &Path,
         name: Vec<u8>,
         meta: &Metadata,
-        parent: Option<&Tree>,
+        parent: Option<&Parent>,
         device: u64,
     ) -> Result<Option<Pending>> {
         if self.shared.cancelled() {
@@ -525,7 +582,7 @@ impl Walker<'_> {
         for w in warnings {
             tracing::warn!("{w}");
         }
-        let old = parent.and_then(|t| t.find(&node.name));
+        let old = parent.and_then(|p| p.tree.find(&node.name));
         let stats = &self.shared.stats;
         match node.kind {
             NodeKind::Dir => {
@@ -535,10 +592,8 @@ impl Walker<'_> {
                     // A mount point: recorded, its content left out.
                     self.send_dir(Vec::new())?
                 } else {
-                    let old_tree = old
-                        .filter(|o| o.kind == NodeKind::Dir)
-                        .and_then(|o| o.subtree)
-                        .and_then(|id| self.loader.load(&id).map_err(|e| tracing::warn!("parent tree {id}: {e}")).ok());
+                    let old_tree = parent.filter(|_| old.is_some_and(|o| o.kind == NodeKind::Dir));
+                    let old_tree = old_tree.and_then(|p| self.loader.subtree(p, &node.name));
                     self.walk_dir(path, old_tree.as_ref(), device)?
                 };
                 Ok(Some(Pending::Dir { node, rx: sub }))
@@ -578,7 +633,7 @@ impl Walker<'_> {
         Ok(true)
     }
 
-    fn walk_dir(&self, dir: &Path, parent: Option<&Tree>, device: u64) -> Result<Receiver<Id>> {
+    fn walk_dir(&self, dir: &Path, parent: Option<&Parent>, device: u64) -> Result<Receiver<Id>> {
         // Entries are kept (not just names): `DirEntry::metadata` is an `fstatat` relative to the
         // open directory, which spares the kernel resolving the full path of every entry.
         let mut names: Vec<(Vec<u8>, std::fs::DirEntry)> = match std::fs::read_dir(dir) {
