@@ -8,6 +8,7 @@ pub mod archiver;
 pub mod backend;
 pub mod browse;
 pub mod cache;
+pub mod checker;
 pub mod chunker;
 pub mod codec;
 pub mod compress;
