@@ -9,6 +9,7 @@ pub mod aws;
 pub mod backend;
 pub mod browse;
 pub mod cache;
+pub mod checker;
 pub mod chunker;
 pub mod codec;
 pub mod compress;

@@ -10,6 +10,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::logging::init(args.global.verbose, args.global.quiet);
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -24,5 +25,16 @@ fn main() -> ExitCode {
             eprintln!("error: {}", cli::exit::render(&e));
             ExitCode::from(cli::exit::code_for(&e))
         }
+    }
+}
+
+/// Lifts the soft limit on open files to the hard one (often 1,024 → 524,288): restore and the
+/// S3 client hold many descriptors at once. Failure is harmless: the soft limit stays.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
     }
 }

@@ -140,12 +140,12 @@ pub async fn restore(
     }
 
     let written = AtomicU64::new(0);
-    let paths: Vec<&Path> = files.iter().map(|(p, _)| p.as_path()).collect();
     let mut pending: HashMap<usize, OpenFile> = HashMap::new();
     for (_, i, _) in by_pack.values().flatten() {
         pending.entry(*i).or_insert((None, 0)).1 += 1;
     }
-    let ctx = WriteCtx { repo, paths: &paths, written: &written, progress: &*progress, open: Mutex::new(pending) };
+    let open = OpenFiles { paths: files.iter().map(|(p, _)| p.clone()).collect(), open: Mutex::new(pending) };
+    let ctx = WriteCtx { repo, files: Arc::new(open), written: &written, progress: &*progress };
     futures::stream::iter(by_pack)
         .map(|(pack, blobs)| ctx.restore_pack(pack, blobs))
         .buffer_unordered(repo.backend().connections().max(1))
@@ -344,21 +344,14 @@ fn replace_with(path: &Path, policy: Overwrite, make: impl FnOnce(&Path) -> std:
 /// An open restored file (once first written) and how many of its blobs are still to come.
 type OpenFile = (Option<Arc<std::fs::File>>, usize);
 
-/// Shared state of the content-writing phase.
-struct WriteCtx<'a> {
-    repo: &'a Repository,
-    paths: &'a [&'a Path],
-    written: &'a AtomicU64,
-    progress: &'a dyn Progress,
-    /// Open handles with the number of blobs each still awaits: a file split over many packs
-    /// is opened once, and closed when its last blob is written (bounding open descriptors).
+/// The restored files' handles: a file is opened when its first blob is written and closed right
+/// after its last, so open descriptors stay few however many small files a pack holds.
+struct OpenFiles {
+    paths: Vec<PathBuf>,
     open: Mutex<HashMap<usize, OpenFile>>,
 }
 
-/// Blobs closer than this in a pack are fetched in one read (skipping the gap costs less than a request).
-const MAX_GAP: u64 = 1 << 20;
-
-impl WriteCtx<'_> {
+impl OpenFiles {
     /// The handle of file `i`, opened on first use.
     fn file(&self, i: usize) -> Result<Arc<std::fs::File>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -369,8 +362,8 @@ impl WriteCtx<'_> {
         let f = OpenOptions::new()
             .write(true)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(self.paths[i])
-            .map_err(|e| Error::io(self.paths[i], e))?;
+            .open(&self.paths[i])
+            .map_err(|e| Error::io(&self.paths[i], e))?;
         let f = Arc::new(f);
         slot.0 = Some(f.clone());
         Ok(f)
@@ -387,6 +380,29 @@ impl WriteCtx<'_> {
         }
     }
 
+    /// Writes one blob's plaintext at `offset` of file `i`.
+    fn write(&self, i: usize, plain: &[u8], offset: u64) -> Result<()> {
+        // All-zero chunks stay holes: the file was created sparse at full length.
+        if plain.iter().any(|&b| b != 0) {
+            self.file(i)?.write_all_at(plain, offset).map_err(|e| Error::io(&self.paths[i], e))?;
+        }
+        self.blob_written(i);
+        Ok(())
+    }
+}
+
+/// Shared state of the content-writing phase.
+struct WriteCtx<'a> {
+    repo: &'a Repository,
+    files: Arc<OpenFiles>,
+    written: &'a AtomicU64,
+    progress: &'a dyn Progress,
+}
+
+/// Blobs closer than this in a pack are fetched in one read (skipping the gap costs less than a request).
+const MAX_GAP: u64 = 1 << 20;
+
+impl WriteCtx<'_> {
     async fn restore_pack(&self, pack: Id, mut blobs: Vec<(BlobEntry, usize, u64)>) -> Result<()> {
         blobs.sort_by_key(|(e, _, off)| (e.offset, *off));
         let h = Handle::new(FileType::Pack, pack.to_hex());
@@ -403,33 +419,24 @@ impl WriteCtx<'_> {
             let data = self.repo.backend().get(&h, Some(start..end)).await?;
             let run: Vec<_> = blobs[i..j].to_vec();
             let keys = self.repo.keys().clone();
-            let files: Vec<_> = run
-                .iter()
-                .map(|(_, f, _)| Ok((self.file(*f)?, self.paths[*f].to_path_buf())))
-                .collect::<Result<_>>()?;
+            let files = self.files.clone();
             let n = tokio::task::spawn_blocking(move || -> Result<u64> {
                 let mut n = 0u64;
                 let mut last: Option<(Id, Vec<u8>)> = None;
-                for ((entry, _, offset), (file, path)) in run.iter().zip(files) {
+                for (entry, file, offset) in &run {
                     if last.as_ref().is_none_or(|(id, _)| *id != entry.id) {
                         let r = entry.range();
                         let sealed = &data[(r.start - start) as usize..(r.end - start) as usize];
                         last = Some((entry.id, crate::repo::decode_blob_with(&keys, entry, sealed)?));
                     }
                     let plain = &last.as_ref().expect("just set").1;
-                    // All-zero chunks stay holes: the file was created sparse at full length.
-                    if plain.iter().any(|&b| b != 0) {
-                        file.write_all_at(plain, *offset).map_err(|e| Error::io(&path, e))?;
-                    }
+                    files.write(*file, plain, *offset)?;
                     n += plain.len() as u64;
                 }
                 Ok(n)
             })
             .await
             .map_err(|_| Error::Cancelled)??;
-            for (_, f, _) in &blobs[i..j] {
-                self.blob_written(*f);
-            }
             self.written.fetch_add(n, Relaxed);
             self.progress.advance(0, n);
             i = j;

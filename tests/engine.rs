@@ -171,3 +171,32 @@ async fn wrong_password_is_refused() {
     let err = Repository::open(be, &Secret::passphrase("pw")).await.unwrap_err();
     assert!(matches!(err, s3bk::error::Error::NoRepository(_)), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_keeps_few_files_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..600 {
+        std::fs::write(src.join(format!("f{i:03}")), format!("small file number {i}\n").repeat(20)).unwrap();
+    }
+    let repo = new_repo(&tmp.path().join("repo")).await;
+    let r = backup(&repo, &opts(&src), Arc::new(NoProgress)).await.unwrap();
+    // All 600 files share one pack: a restore that opened every target file of a pack at once
+    // would run out of descriptors here (nextest runs each test in its own process).
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let saved = getrlimit(Resource::Nofile);
+    setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(128), maximum: saved.maximum }).unwrap();
+    let target = tmp.path().join("t");
+    let result = restore(
+        &repo,
+        &r.snapshot,
+        &RestoreOptions { target: target.clone(), ..Default::default() },
+        Arc::new(NoProgress),
+    )
+    .await;
+    setrlimit(Resource::Nofile, saved).unwrap();
+    result.unwrap();
+    assert_eq!(std::fs::read_dir(target.join("src")).unwrap().count(), 600);
+    assert_eq!(std::fs::read(target.join("src/f599")).unwrap(), "small file number 599\n".repeat(20).as_bytes());
+}

@@ -63,6 +63,11 @@ impl Ctx {
         Arc::new(Bar::new(self.chatty() && std::io::stderr().is_terminal()))
     }
 
+    /// Like [`Self::progress`], counting `unit` instead of files.
+    pub fn progress_of(&self, unit: &'static str) -> Arc<Bar> {
+        Arc::new(Bar::with_unit(self.chatty() && std::io::stderr().is_terminal(), unit))
+    }
+
     /// The index cache folder, or `None` for `--no-cache`.
     pub fn cache_dir(&self) -> Option<PathBuf> {
         if self.global.no_cache {

@@ -22,6 +22,7 @@ pub mod password;
 pub mod progress;
 pub mod restore;
 pub mod snapshots;
+pub mod verify;
 
 use std::path::PathBuf;
 
@@ -234,6 +235,9 @@ pub enum Command {
     Find(find::Args),
     /// Remove snapshots by a retention policy (their data stays until prune)
     Forget(Box<forget::Args>),
+    /// Check the repository: every snapshot's data is indexed and stored; with --read-data,
+    /// every stored byte is intact
+    Verify(verify::Args),
     /// Manage keys: list, add, remove, re-wrap under another KMS key, rotate the data key
     Key(key::Args),
     /// Print a shell completion script
@@ -256,6 +260,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Diff(args) => diff::run(&Ctx::new(global)?, &args).await,
         Command::Find(args) => find::run(&Ctx::new(global)?, &args).await,
         Command::Forget(args) => forget::run(&Ctx::new(global)?, &args).await,
+        Command::Verify(args) => verify::run(&Ctx::new(global)?, &args).await,
         Command::Key(args) => key::run(&Ctx::new(global)?, &args).await,
     }
 }

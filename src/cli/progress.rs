@@ -16,11 +16,17 @@ pub struct Bar {
     bar: ProgressBar,
     files_done: AtomicU64,
     files_total: AtomicU64,
+    unit: &'static str,
 }
 
 impl Bar {
     /// A bar drawn on stderr when `visible`, else a hidden one.
     pub fn new(visible: bool) -> Self {
+        Self::with_unit(visible, "files")
+    }
+
+    /// Like [`Self::new`], counting `unit` (plural: `objects`, `packs`) instead of files.
+    pub fn with_unit(visible: bool, unit: &'static str) -> Self {
         let bar = if visible {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template(
@@ -35,13 +41,13 @@ impl Bar {
             // `ProgressBar::hidden()`, but with a length so totals are kept.
             ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden())
         };
-        Self { bar, files_done: AtomicU64::new(0), files_total: AtomicU64::new(0) }
+        Self { bar, files_done: AtomicU64::new(0), files_total: AtomicU64::new(0), unit }
     }
 
     fn update_prefix(&self) {
         let done = self.files_done.load(Ordering::Relaxed);
         let total = self.files_total.load(Ordering::Relaxed);
-        self.bar.set_prefix(format!("{done}/{total} files"));
+        self.bar.set_prefix(format!("{done}/{total} {}", self.unit));
     }
 
     /// Whether anything is drawn (so totals are worth estimating).
