@@ -4,6 +4,8 @@
 //! Every command runs with HOME and the XDG folders in a temp dir and without inherited
 //! `S3BK_*` variables, so the real home is never touched.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,19 +13,6 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use predicates::prelude::*;
 use tempfile::TempDir;
-
-const S3BK_VARS: &[&str] = &[
-    "S3BK_REPOSITORY",
-    "S3BK_PROFILE",
-    "S3BK_PASSWORD",
-    "S3BK_PASSWORD_FILE",
-    "S3BK_PASSWORD_COMMAND",
-    "S3BK_KMS_KEY_ID",
-    "S3BK_NEW_PASSWORD",
-    "S3BK_CACHE_DIR",
-    "S3BK_CONFIG",
-    "RUST_LOG",
-];
 
 /// An isolated home for one test.
 struct Home {
@@ -45,16 +34,7 @@ impl Home {
 
     /// `s3bk` with this home and no inherited configuration.
     fn cmd(&self) -> Command {
-        let mut c = assert_cmd::cargo::cargo_bin_cmd!("s3bk");
-        for v in S3BK_VARS {
-            c.env_remove(v);
-        }
-        c.env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.config_dir())
-            .env("XDG_DATA_HOME", self.path("data"))
-            .env("XDG_CACHE_HOME", self.path("cache"))
-            .current_dir(self.dir.path());
-        c
+        common::isolated_s3bk(self.dir.path())
     }
 
     /// Creates a repository at `repo` with password `pw`.

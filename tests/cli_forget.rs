@@ -5,6 +5,8 @@
 //! Every command runs with HOME and the XDG folders in a temp dir and without inherited
 //! `S3BK_*` variables, so the real home is never touched.
 
+mod common;
+
 use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,19 +15,6 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::Value;
 use tempfile::TempDir;
-
-const S3BK_VARS: &[&str] = &[
-    "S3BK_REPOSITORY",
-    "S3BK_PROFILE",
-    "S3BK_PASSWORD",
-    "S3BK_PASSWORD_FILE",
-    "S3BK_PASSWORD_COMMAND",
-    "S3BK_KMS_KEY_ID",
-    "S3BK_NEW_PASSWORD",
-    "S3BK_CACHE_DIR",
-    "S3BK_CONFIG",
-    "RUST_LOG",
-];
 
 const PW: &str = "correct horse";
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -70,20 +59,8 @@ impl Env {
 
     /// `s3bk --repo <repo>` with the password, this home, and nothing inherited.
     fn cmd(&self) -> Command {
-        let mut c = assert_cmd::cargo::cargo_bin_cmd!("s3bk");
-        for v in S3BK_VARS {
-            c.env_remove(v);
-        }
-        c.env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("config"))
-            .env("XDG_DATA_HOME", self.path("data"))
-            .env("XDG_CACHE_HOME", self.path("cache"))
-            .env("RUST_BACKTRACE", "0")
-            .env("S3BK_PASSWORD", PW)
-            .current_dir(self.dir.path())
-            .timeout(TIMEOUT)
-            .arg("--repo")
-            .arg(self.path("repo"));
+        let mut c = common::isolated_s3bk(self.dir.path());
+        c.env("S3BK_PASSWORD", PW).timeout(TIMEOUT).arg("--repo").arg(self.path("repo"));
         c
     }
 

@@ -19,19 +19,6 @@ use predicates::prelude::*;
 use serde_json::Value;
 use tempfile::TempDir;
 
-const S3BK_VARS: &[&str] = &[
-    "S3BK_REPOSITORY",
-    "S3BK_PROFILE",
-    "S3BK_PASSWORD",
-    "S3BK_PASSWORD_FILE",
-    "S3BK_PASSWORD_COMMAND",
-    "S3BK_KMS_KEY_ID",
-    "S3BK_NEW_PASSWORD",
-    "S3BK_CACHE_DIR",
-    "S3BK_CONFIG",
-    "RUST_LOG",
-];
-
 const PW: &str = "correct horse";
 
 /// Generous bound for any single command: a FIFO or a lock must never make one hang.
@@ -55,24 +42,10 @@ impl Env {
         self.path("repo")
     }
 
-    /// Applies the isolation (temp HOME and XDG folders, no `S3BK_*` variables) to `c`.
-    fn isolate(&self, c: &mut Command) {
-        for v in S3BK_VARS {
-            c.env_remove(v);
-        }
-        c.env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("config"))
-            .env("XDG_DATA_HOME", self.path("data"))
-            .env("XDG_CACHE_HOME", self.path("cache"))
-            .env("RUST_BACKTRACE", "0")
-            .current_dir(self.dir.path())
-            .timeout(TIMEOUT);
-    }
-
     /// `s3bk` with this home, no repository and no password.
     fn bare(&self) -> Command {
-        let mut c = assert_cmd::cargo::cargo_bin_cmd!("s3bk");
-        self.isolate(&mut c);
+        let mut c = common::isolated_s3bk(self.dir.path());
+        c.timeout(TIMEOUT);
         c
     }
 
@@ -290,8 +263,8 @@ impl Runner {
         } else {
             Command::new(&self.bin)
         };
-        e.isolate(&mut c);
-        c.arg("--repo").arg(e.repo()).env("S3BK_PASSWORD", PW);
+        common::isolate(&mut c, e.dir.path());
+        c.timeout(TIMEOUT).arg("--repo").arg(e.repo()).env("S3BK_PASSWORD", PW);
         c
     }
 }

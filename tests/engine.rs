@@ -7,21 +7,12 @@ use std::sync::Arc;
 
 use s3bk::archiver::{BackupOptions, ParentChoice, backup};
 use s3bk::backend::{Backend, LocalBackend};
-use s3bk::chunker::ChunkerParams;
-use s3bk::keyfile::KdfParams;
 use s3bk::progress::NoProgress;
-use s3bk::repo::{InitOptions, Repository, Secret};
+use s3bk::repo::{Repository, Secret};
 use s3bk::restorer::{Overwrite, RestoreOptions, restore};
 use s3bk::tree::NodeKind;
 
-fn test_init() -> InitOptions {
-    InitOptions {
-        kdf: KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 },
-        chunker: Some(ChunkerParams { min: 16 << 10, avg: 64 << 10, max: 256 << 10, seed: 7 }),
-        pack_size: 1 << 20,
-        ..InitOptions::default()
-    }
-}
+use common::cheap_init as test_init;
 
 async fn new_repo(dir: &Path) -> Repository {
     let be: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir));

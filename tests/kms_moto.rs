@@ -26,12 +26,11 @@ use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use predicates::prelude::*;
 use s3bk::archiver::{BackupOptions, backup};
 use s3bk::backend::{Backend, LocalBackend};
-use s3bk::chunker::ChunkerParams;
 use s3bk::error::Error;
-use s3bk::keyfile::{KdfParams, KeyFile, Wrap};
+use s3bk::keyfile::{KeyFile, Wrap};
 use s3bk::kms::Kms;
 use s3bk::progress::NoProgress;
-use s3bk::repo::{InitOptions, Repository, Secret, key_files};
+use s3bk::repo::{Repository, Secret, key_files};
 use s3bk::restorer::{RestoreOptions, restore};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -152,14 +151,7 @@ fn disabled_kms_stub() -> String {
     url
 }
 
-fn test_init() -> InitOptions {
-    InitOptions {
-        kdf: KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 },
-        chunker: Some(ChunkerParams { min: 16 << 10, avg: 64 << 10, max: 256 << 10, seed: 7 }),
-        pack_size: 1 << 20,
-        ..InitOptions::default()
-    }
-}
+use common::cheap_init as test_init;
 
 fn local(dir: &Path) -> Arc<dyn Backend> {
     Arc::new(LocalBackend::new(dir))
@@ -239,23 +231,6 @@ struct Env {
     repo: PathBuf,
 }
 
-const CLEARED: &[&str] = &[
-    "S3BK_REPOSITORY",
-    "S3BK_PROFILE",
-    "S3BK_PASSWORD",
-    "S3BK_PASSWORD_FILE",
-    "S3BK_PASSWORD_COMMAND",
-    "S3BK_CACHE_DIR",
-    "S3BK_CONFIG",
-    "S3BK_KMS_KEY_ID",
-    "S3BK_NEW_PASSWORD",
-    "AWS_PROFILE",
-    "AWS_DEFAULT_REGION",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL_KMS",
-    "RUST_LOG",
-];
-
 impl Env {
     fn new(endpoint: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -278,23 +253,11 @@ impl Env {
 
     /// `s3bk --repo <repo>` pointed at the KMS endpoint, with no password and no KMS key id.
     fn cmd(&self) -> Command {
-        let mut c = assert_cmd::cargo::cargo_bin_cmd!("s3bk");
-        for v in CLEARED {
-            c.env_remove(v);
-        }
-        c.env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("config"))
-            .env("XDG_DATA_HOME", self.path("data"))
-            .env("XDG_CACHE_HOME", self.path("cache"))
-            .env("AWS_ENDPOINT_URL", &self.endpoint)
+        let mut c = common::isolated_s3bk(self.dir.path());
+        c.env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_CONFIG_FILE", self.path("no-aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.path("no-aws-credentials"))
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_BACKTRACE", "0")
-            .current_dir(self.dir.path())
             .timeout(TIMEOUT)
             .arg("--repo")
             .arg(self.repo());

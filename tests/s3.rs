@@ -16,10 +16,8 @@ use predicates::prelude::*;
 use s3bk::archiver::{BackupOptions, backup};
 use s3bk::backend::suite::conformance;
 use s3bk::backend::{Backend, BackendError, FileType, Handle, PutMode};
-use s3bk::chunker::ChunkerParams;
-use s3bk::keyfile::KdfParams;
 use s3bk::progress::NoProgress;
-use s3bk::repo::{InitOptions, Repository, Secret};
+use s3bk::repo::{Repository, Secret};
 use s3bk::restorer::{RestoreOptions, restore};
 use servers::{Kind, Server};
 
@@ -172,14 +170,7 @@ async fn garage_multipart_70mib() {
 
 // ---- backup and restore through the library ----
 
-fn test_init() -> InitOptions {
-    InitOptions {
-        kdf: KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 },
-        chunker: Some(ChunkerParams { min: 16 << 10, avg: 64 << 10, max: 256 << 10, seed: 7 }),
-        pack_size: 1 << 20,
-        ..InitOptions::default()
-    }
-}
+use common::cheap_init as test_init;
 
 async fn round_trip(server: &Server) {
     let tmp = tempfile::tempdir().unwrap();
@@ -221,22 +212,8 @@ async fn garage_backup_restore_round_trip() {
 
 /// `s3bk` isolated from the real home and from inherited S3BK_/AWS_ configuration.
 fn s3bk(home: &Path) -> assert_cmd::Command {
-    let mut c = assert_cmd::cargo::cargo_bin_cmd!("s3bk");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("S3BK_") || k.starts_with("AWS_") || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c.env("HOME", home.join("home"))
-        .env("XDG_CONFIG_HOME", home.join("config"))
-        .env("XDG_DATA_HOME", home.join("data"))
-        .env("XDG_CACHE_HOME", home.join("cache"))
-        // No ~/.aws files and no instance metadata lookups in tests.
-        .env("AWS_CONFIG_FILE", home.join("none"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("none"))
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("S3BK_PASSWORD", "cli-pw")
-        .current_dir(home);
+    let mut c = common::isolated_s3bk(home);
+    c.env("S3BK_PASSWORD", "cli-pw");
     c
 }
 

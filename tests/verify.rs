@@ -16,22 +16,13 @@ use bytes::Bytes;
 use s3bk::archiver::{BackupOptions, backup};
 use s3bk::backend::{Backend, BackendError, FileInfo, FileType, Handle, LocalBackend, PutMode};
 use s3bk::checker::{Problem, ReadData, Report, Subset, VerifyOptions, verify};
-use s3bk::chunker::ChunkerParams;
 use s3bk::id::Id;
 use s3bk::index::{IndexFile, IndexPack};
-use s3bk::keyfile::KdfParams;
 use s3bk::pack::{BlobType, PackBuilder};
 use s3bk::progress::NoProgress;
-use s3bk::repo::{InitOptions, Repository, Secret};
+use s3bk::repo::{Repository, Secret};
 
-fn test_init() -> InitOptions {
-    InitOptions {
-        kdf: KdfParams { m_cost: 64, t_cost: 1, p_cost: 1 },
-        chunker: Some(ChunkerParams { min: 16 << 10, avg: 64 << 10, max: 256 << 10, seed: 7 }),
-        pack_size: 1 << 20,
-        ..InitOptions::default()
-    }
-}
+use common::cheap_init as test_init;
 
 /// A repository under `<tmp>/repo` holding one backup of the common fixture tree plus 2 MiB of
 /// noise (so there are several data packs and a tree pack). Returns its folder.
