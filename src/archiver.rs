@@ -268,6 +268,7 @@ pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn P
             backend: repo.backend().clone(),
             keys: repo.keys().clone(),
             index: repo.index().clone(),
+            tree_packs: repo.tree_packs().clone(),
             rt: tokio::runtime::Handle::current(),
             limit: Arc::new(tokio::sync::Semaphore::new(repo.backend().connections().max(4))),
         };
@@ -387,6 +388,7 @@ struct TreeLoader {
     backend: Arc<dyn crate::backend::Backend>,
     keys: Arc<Keys>,
     index: Arc<BlobIndex>,
+    tree_packs: Arc<crate::treecache::TreePacks>,
     rt: tokio::runtime::Handle,
     limit: Arc<tokio::sync::Semaphore>,
 }
@@ -419,19 +421,11 @@ impl TreeLoader {
     }
 
     fn spawn_load(&self, id: Id) -> tokio::task::JoinHandle<Result<Tree>> {
-        let (backend, keys, index, limit) =
-            (self.backend.clone(), self.keys.clone(), self.index.clone(), self.limit.clone());
+        let (backend, keys, index, tree_packs, limit) =
+            (self.backend.clone(), self.keys.clone(), self.index.clone(), self.tree_packs.clone(), self.limit.clone());
         self.rt.spawn(async move {
             let _permit = limit.acquire_owned().await.map_err(|_| Error::Cancelled)?;
-            let loc = index.get(&id)?.ok_or(Error::MissingBlob(id))?;
-            let h = Handle::new(FileType::Pack, loc.pack.to_hex());
-            let sealed = backend.get(&h, Some(loc.entry.range())).await?;
-            tokio::task::spawn_blocking(move || {
-                let plain = crate::repo::decode_blob_with(&keys, &loc.entry, &sealed)?;
-                Tree::decode(&plain).map_err(|e| Error::corrupt(format!("tree {id}"), e.to_string()))
-            })
-            .await
-            .map_err(|_| Error::Cancelled)?
+            crate::repo::load_tree_with(&*backend, &keys, &index, &tree_packs, &id).await
         })
     }
 

@@ -28,3 +28,4 @@ pub mod repo;
 pub mod restorer;
 pub mod snapshot;
 pub mod tree;
+pub mod treecache;

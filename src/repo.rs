@@ -29,6 +29,7 @@ use crate::kms::Kms;
 use crate::pack::BlobEntry;
 use crate::snapshot::{Snapshot, SnapshotEntry};
 use crate::tree::Tree;
+use crate::treecache::TreePacks;
 
 /// The newest repository format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -178,6 +179,8 @@ pub struct Repository {
     index: Arc<BlobIndex>,
     /// Whether the backend makes create-only puts atomic (see [`Backend::supports_create_only`]).
     create_only: bool,
+    /// Tree packs fetched whole, for reading directories.
+    tree_packs: Arc<TreePacks>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -282,7 +285,15 @@ impl Repository {
             Err(BackendError::AlreadyExists(_)) => return Err(Error::AlreadyInitialized(backend.location())),
             r => r?,
         }
-        Ok(Self { backend, master, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?), create_only })
+        Ok(Self {
+            backend,
+            master,
+            keys: Arc::new(keys),
+            config,
+            index: Arc::new(BlobIndex::open(None)?),
+            create_only,
+            tree_packs: Arc::default(),
+        })
     }
 
     /// Opens the repository with `secret`. The index is not loaded yet (see [`Self::load_index`]).
@@ -330,7 +341,15 @@ impl Repository {
                 false
             }
         };
-        Ok(Self { backend, master, keys: Arc::new(keys), config, index: Arc::new(BlobIndex::open(None)?), create_only })
+        Ok(Self {
+            backend,
+            master,
+            keys: Arc::new(keys),
+            config,
+            index: Arc::new(BlobIndex::open(None)?),
+            create_only,
+            tree_packs: Arc::default(),
+        })
     }
 
     /// The master key from the first key file that `secret` opens, and that file's position.
@@ -628,8 +647,12 @@ impl Repository {
 
     /// Loads and decodes a tree blob.
     pub async fn load_tree(&self, id: &Id) -> Result<Tree> {
-        let data = self.load_blob(id).await?;
-        Tree::decode(&data).map_err(|e| Error::corrupt(format!("tree {id}"), e.to_string()))
+        load_tree_with(&*self.backend, &self.keys, &self.index, &self.tree_packs, id).await
+    }
+
+    /// The cache of whole tree packs (shared with the backup's parent-tree prefetcher).
+    pub fn tree_packs(&self) -> &Arc<TreePacks> {
+        &self.tree_packs
     }
 
     /// Stores a snapshot file (the last write of a backup).
@@ -687,6 +710,26 @@ impl Repository {
     pub fn default_cache_dir() -> Option<PathBuf> {
         directories::BaseDirs::new().map(|d| d.cache_dir().join("s3bk"))
     }
+}
+
+/// Loads and decodes tree `id` through the tree-pack cache (for tasks without a `Repository`).
+pub async fn load_tree_with(
+    backend: &dyn Backend,
+    keys: &Arc<Keys>,
+    index: &BlobIndex,
+    tree_packs: &TreePacks,
+    id: &Id,
+) -> Result<Tree> {
+    let loc = index.get(id)?.ok_or(Error::MissingBlob(*id))?;
+    let sealed = tree_packs.sealed(backend, &loc).await?;
+    let keys = keys.clone();
+    let id = *id;
+    tokio::task::spawn_blocking(move || {
+        let plain = decode_blob_with(&keys, &loc.entry, &sealed)?;
+        Tree::decode(&plain).map_err(|e| Error::corrupt(format!("tree {id}"), e.to_string()))
+    })
+    .await
+    .map_err(|_| Error::Cancelled)?
 }
 
 /// Checks a stored file against the limits and its name (the hash of its bytes).

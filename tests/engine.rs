@@ -191,3 +191,73 @@ async fn restore_keeps_few_files_open() {
     assert_eq!(std::fs::read_dir(target.join("src")).unwrap().count(), 600);
     assert_eq!(std::fs::read(target.join("src/f599")).unwrap(), "small file number 599\n".repeat(20).as_bytes());
 }
+
+/// Counts reads of pack objects, to see how many requests a command makes.
+#[derive(Debug)]
+struct CountingBackend {
+    inner: LocalBackend,
+    pack_gets: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Backend for CountingBackend {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn connections(&self) -> usize {
+        self.inner.connections()
+    }
+    async fn create(&self) -> Result<(), s3bk::backend::BackendError> {
+        self.inner.create().await
+    }
+    async fn put(
+        &self,
+        h: &s3bk::backend::Handle,
+        data: bytes::Bytes,
+        mode: s3bk::backend::PutMode,
+    ) -> Result<(), s3bk::backend::BackendError> {
+        self.inner.put(h, data, mode).await
+    }
+    async fn get(
+        &self,
+        h: &s3bk::backend::Handle,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<bytes::Bytes, s3bk::backend::BackendError> {
+        if h.tpe == s3bk::backend::FileType::Pack {
+            self.pack_gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.inner.get(h, range).await
+    }
+    async fn stat(&self, h: &s3bk::backend::Handle) -> Result<s3bk::backend::FileInfo, s3bk::backend::BackendError> {
+        self.inner.stat(h).await
+    }
+    async fn list(
+        &self,
+        tpe: s3bk::backend::FileType,
+    ) -> Result<Vec<s3bk::backend::FileInfo>, s3bk::backend::BackendError> {
+        self.inner.list(tpe).await
+    }
+    async fn delete(&self, h: &s3bk::backend::Handle) -> Result<(), s3bk::backend::BackendError> {
+        self.inner.delete(h).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn directories_are_read_with_one_request_per_tree_pack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for i in 0..40 {
+        std::fs::create_dir_all(src.join(format!("d{i:02}/sub"))).unwrap();
+        std::fs::write(src.join(format!("d{i:02}/sub/f")), format!("{i}")).unwrap();
+    }
+    let repo_dir = tmp.path().join("repo");
+    let r = backup(&new_repo(&repo_dir).await, &opts(&src), Arc::new(NoProgress)).await.unwrap();
+
+    let counting = Arc::new(CountingBackend { inner: LocalBackend::new(&repo_dir), pack_gets: Default::default() });
+    let mut repo = Repository::open(counting.clone(), &Secret::passphrase("pw")).await.unwrap();
+    repo.load_index(None).await.unwrap();
+    let entries = s3bk::browse::walk(&repo, &r.snapshot.tree, b"").await.unwrap();
+    assert_eq!(entries.len(), 1 + 40 * 3);
+    // 81 directories, one tree pack: fetched once, not once per directory.
+    assert_eq!(counting.pack_gets.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
