@@ -145,7 +145,13 @@ pub async fn restore(
         pending.entry(*i).or_insert((None, 0)).1 += 1;
     }
     let open = OpenFiles { paths: files.iter().map(|(p, _)| p.clone()).collect(), open: Mutex::new(pending) };
-    let ctx = WriteCtx { repo, files: Arc::new(open), written: &written, progress: &*progress };
+    let ctx = WriteCtx {
+        repo,
+        files: Arc::new(open),
+        budget: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MIB as usize)),
+        written: &written,
+        progress: &*progress,
+    };
     futures::stream::iter(by_pack)
         .map(|(pack, blobs)| ctx.restore_pack(pack, blobs))
         .buffer_unordered(repo.backend().connections().max(1))
@@ -395,12 +401,18 @@ impl OpenFiles {
 struct WriteCtx<'a> {
     repo: &'a Repository,
     files: Arc<OpenFiles>,
+    /// MiB of pack data in flight (fetched, not yet written): bounds memory whatever the
+    /// connection count.
+    budget: Arc<tokio::sync::Semaphore>,
     written: &'a AtomicU64,
     progress: &'a dyn Progress,
 }
 
 /// Blobs closer than this in a pack are fetched in one read (skipping the gap costs less than a request).
 const MAX_GAP: u64 = 1 << 20;
+
+/// MiB of fetched pack data a restore holds at once.
+const IN_FLIGHT_MIB: u32 = 128;
 
 impl WriteCtx<'_> {
     async fn restore_pack(&self, pack: Id, mut blobs: Vec<(BlobEntry, usize, u64)>) -> Result<()> {
@@ -416,6 +428,8 @@ impl WriteCtx<'_> {
                 end = end.max(blobs[j].0.range().end);
                 j += 1;
             }
+            let mib = u32::try_from((end - start).div_ceil(1 << 20)).unwrap_or(u32::MAX).clamp(1, IN_FLIGHT_MIB);
+            let permit = self.budget.clone().acquire_many_owned(mib).await.map_err(|_| Error::Cancelled)?;
             let data = self.repo.backend().get(&h, Some(start..end)).await?;
             let run: Vec<_> = blobs[i..j].to_vec();
             let keys = self.repo.keys().clone();
@@ -433,6 +447,7 @@ impl WriteCtx<'_> {
                     files.write(*file, plain, *offset)?;
                     n += plain.len() as u64;
                 }
+                drop(permit); // held until the fetched data is written
                 Ok(n)
             })
             .await
