@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use bytes::Bytes;
-use s3bk::backend::suite::conformance;
+use s3bk::backend::suite::{CreateOnly, conformance};
 use s3bk::backend::{Backend, BackendError, FileType, Handle, LocalBackend, MemoryBackend, PutMode};
 
 fn pack(prefix: &str) -> Handle {
@@ -26,14 +26,14 @@ async fn local() -> (tempfile::TempDir, LocalBackend) {
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_conformance() {
     let be = MemoryBackend::new();
-    conformance(&be, true).await.unwrap();
+    conformance(&be, CreateOnly::Atomic).await.unwrap();
     assert_eq!(be.location(), "memory");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn local_conformance() {
     let (dir, be) = local().await;
-    conformance(&be, true).await.unwrap();
+    conformance(&be, CreateOnly::Atomic).await.unwrap();
     assert_eq!(be.location(), dir.path().join("repo").display().to_string());
     assert!(tmp_entries(&dir.path().join("repo")).is_empty());
 }

@@ -5,9 +5,10 @@
 //! It needs an empty location and leaves it empty (it deletes what it wrote, also on failure), so
 //! it can run against a shared bucket prefix.
 //!
-//! Servers that ignore conditional writes (Garage) run it with `create_only = false`: the suite
-//! then checks that the capability probe says so, and skips only the assertions that a
-//! create-only put refuses an existing name (sequentially and under a race).
+//! How far a backend honours create-only puts is a parameter ([`CreateOnly`]): servers that
+//! ignore conditional writes (Garage) skip the assertions that a create-only put refuses an
+//! existing name, and servers that honour them but not atomically (moto) skip the race; the
+//! capability probe must agree either way.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -27,10 +28,21 @@ macro_rules! check {
     };
 }
 
-/// Runs the whole suite against `be`, which must be empty. `create_only` is whether the backend
-/// is expected to honour [`PutMode::CreateOnly`] atomically; the probe must agree. `Err` names the
-/// first violation.
-pub async fn conformance(be: &dyn Backend, create_only: bool) -> Result<(), String> {
+/// How a backend treats [`PutMode::CreateOnly`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateOnly {
+    /// Refuses an existing name, also when puts race (local, memory, Amazon S3).
+    Atomic,
+    /// Refuses an existing name one request at a time, but racing puts may both win (moto 5.2
+    /// checks, then writes, without a lock).
+    Sequential,
+    /// Replaces the object (Garage 2.5 ignores `If-None-Match`).
+    Ignored,
+}
+
+/// Runs the whole suite against `be`, which must be empty, expecting `create_only` behaviour
+/// (the capability probe must agree). `Err` names the first violation.
+pub async fn conformance(be: &dyn Backend, create_only: CreateOnly) -> Result<(), String> {
     let mut s = Suite { be, written: BTreeSet::new(), create_only };
     let result = s.run().await;
     let cleanup = s.cleanup().await;
@@ -41,8 +53,8 @@ struct Suite<'a> {
     be: &'a dyn Backend,
     /// Everything the suite may have stored, for the final cleanup.
     written: BTreeSet<Handle>,
-    /// Whether create-only puts must refuse an existing name.
-    create_only: bool,
+    /// How create-only puts behave.
+    create_only: CreateOnly,
 }
 
 fn random_bytes(n: usize) -> Bytes {
@@ -209,12 +221,12 @@ impl Suite<'_> {
 
         let probed = be.supports_create_only().await.map_err(|e| format!("capability probe failed: {e}"))?;
         check!(
-            probed == self.create_only,
-            "the capability probe says create-only puts are {}atomic, the suite was told {}",
+            probed == (self.create_only != CreateOnly::Ignored),
+            "the capability probe says create-only puts are {}honoured, the suite was told {:?}",
             if probed { "" } else { "not " },
             self.create_only
         );
-        // The probe must leave nothing behind (it writes and deletes a lock object).
+        // The probe must not show in listings.
         for (tpe, mine) in FileType::ALL.into_iter().zip(&objects) {
             self.expect_list(tpe, &mine.iter().map(|(h, d)| (h, d.len())).collect::<Vec<_>>())
                 .await
@@ -222,7 +234,7 @@ impl Suite<'_> {
         }
 
         // Create-only never replaces; overwrite does.
-        for (h, old) in objects.iter().flatten().filter(|_| self.create_only) {
+        for (h, old) in objects.iter().flatten().filter(|_| self.create_only != CreateOnly::Ignored) {
             match be.put(h, random_bytes(10), PutMode::CreateOnly).await {
                 Ok(()) => return Err(format!("create-only put over existing {h} succeeded")),
                 Err(BackendError::AlreadyExists(got)) => {
@@ -284,7 +296,7 @@ impl Suite<'_> {
         self.expect_range(&big, &data, data.len() - 4096, data.len()).await?;
         self.expect_list(FileType::Pack, &[(&big, data.len())]).await?;
 
-        if !self.create_only {
+        if self.create_only != CreateOnly::Atomic {
             return Ok(());
         }
         // Racing create-only puts: exactly one wins and its content is what is stored.
