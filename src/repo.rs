@@ -285,6 +285,17 @@ impl Repository {
             Err(BackendError::AlreadyExists(_)) => return Err(Error::AlreadyInitialized(backend.location())),
             r => r?,
         }
+        Self::assemble(backend, master, keys, config, create_only)
+    }
+
+    /// An open repository with an empty in-memory cache (see [`Self::attach_cache`]).
+    fn assemble(
+        backend: Arc<dyn Backend>,
+        master: MasterKey,
+        keys: Keys,
+        config: Config,
+        create_only: bool,
+    ) -> Result<Self> {
         Ok(Self {
             backend,
             master,
@@ -341,15 +352,7 @@ impl Repository {
                 false
             }
         };
-        Ok(Self {
-            backend,
-            master,
-            keys: Arc::new(keys),
-            config,
-            index: Arc::new(BlobIndex::open(None)?),
-            create_only,
-            tree_packs: Arc::default(),
-        })
+        Self::assemble(backend, master, keys, config, create_only)
     }
 
     /// The master key from the first key file that `secret` opens, and that file's position.
