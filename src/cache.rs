@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::IndexFile;
-use crate::pack::{BlobEntry, BlobType};
+use crate::pack::BlobEntry;
 
 const SCHEMA_VERSION: i64 = 2;
 
@@ -273,15 +273,11 @@ impl BlobIndex {
     }
 }
 
-/// Is this a tree blob location?
-pub fn is_tree(loc: &Location) -> bool {
-    loc.entry.tpe == BlobType::Tree
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::index::IndexPack;
+    use crate::pack::BlobType;
 
     fn entry(n: u8, tpe: BlobType) -> BlobEntry {
         BlobEntry {

@@ -173,11 +173,6 @@ impl PackBuilder {
     }
 }
 
-/// How many bytes at the end of a pack to fetch to read its header in one request, usually.
-pub fn header_guess(pack_len: u64) -> u64 {
-    pack_len.min(64 << 10)
-}
-
 /// The length of the sealed header, from the pack's last 4 bytes; checked against the pack size.
 pub fn header_len(tail: &[u8], pack_len: u64) -> Result<u64> {
     let n = tail.len();

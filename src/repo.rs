@@ -633,11 +633,6 @@ impl Repository {
         self.index.get(id)?.ok_or(Error::MissingBlob(*id))
     }
 
-    /// Opens a sealed blob and checks it is the one `entry` names.
-    pub fn decode_blob(&self, entry: &BlobEntry, sealed: &[u8]) -> Result<Vec<u8>> {
-        decode_blob_with(&self.keys, entry, sealed)
-    }
-
     /// Fetches one blob with a ranged read and checks it.
     pub async fn load_blob(&self, id: &Id) -> Result<Vec<u8>> {
         let loc = self.locate(id)?;
@@ -746,7 +741,7 @@ fn check_stored(h: &Handle, stored: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// [`Repository::decode_blob`] without a repository (for worker threads).
+/// Opens a sealed blob and checks it is the one `entry` names (MAC, exact length, keyed id).
 pub fn decode_blob_with(keys: &Keys, entry: &BlobEntry, sealed: &[u8]) -> Result<Vec<u8>> {
     let what = || format!("blob {}", entry.id);
     let body = keys.open(sealed).map_err(|e| Error::corrupt(what(), e.to_string()))?;

@@ -105,6 +105,11 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The entries of `list` that pass the filter.
+    pub fn keep(&self, list: Vec<SnapshotEntry>) -> Vec<SnapshotEntry> {
+        list.into_iter().filter(|e| self.matches(&e.snapshot)).collect()
+    }
+
     /// Whether `s` passes the filter.
     pub fn matches(&self, s: &Snapshot) -> bool {
         (self.hosts.is_empty() || self.hosts.contains(&s.hostname))

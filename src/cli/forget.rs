@@ -180,13 +180,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
     let opened = ctx.open(false).await?;
     let repo = &opened.repo;
     let filter = args.filter.filter();
-    let list: Vec<SnapshotEntry> = repo
-        .snapshots()
-        .await
-        .context("listing snapshots")?
-        .into_iter()
-        .filter(|e| filter.matches(&e.snapshot))
-        .collect();
+    let list: Vec<SnapshotEntry> = filter.keep(repo.snapshots().await.context("listing snapshots")?);
     let groups = forget::apply(&policy, &list, jiff::Timestamp::now(), &jiff::tz::TimeZone::system(), args.group_by)?;
 
     let emptied: Vec<String> =

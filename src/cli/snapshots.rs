@@ -44,14 +44,7 @@ pub fn to_json(e: &SnapshotEntry) -> Value {
 pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
     let opened = ctx.open(false).await?;
     let filter = args.filter.filter();
-    let list: Vec<SnapshotEntry> = opened
-        .repo
-        .snapshots()
-        .await
-        .context("listing snapshots")?
-        .into_iter()
-        .filter(|e| filter.matches(&e.snapshot))
-        .collect();
+    let list: Vec<SnapshotEntry> = filter.keep(opened.repo.snapshots().await.context("listing snapshots")?);
     if ctx.global.json {
         print_json(&list.iter().map(to_json).collect::<Vec<_>>())?;
         return Ok(exit::OK);
