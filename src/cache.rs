@@ -20,7 +20,7 @@ use crate::id::Id;
 use crate::index::IndexFile;
 use crate::pack::BlobEntry;
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// A blob's location: its pack and its entry in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +96,7 @@ fn open_conn(path: Option<&Path>) -> Result<Connection, OpenError> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA mmap_size=1073741824;
          CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-         CREATE TABLE IF NOT EXISTS index_files (id BLOB PRIMARY KEY) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS index_files (id BLOB PRIMARY KEY, supersedes BLOB NOT NULL) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS blobs (
             id BLOB PRIMARY KEY, pack BLOB NOT NULL, flags INTEGER NOT NULL,
             offset INTEGER NOT NULL, length INTEGER NOT NULL, raw_len INTEGER NOT NULL
@@ -152,6 +152,18 @@ impl BlobIndex {
         Ok(ids)
     }
 
+    /// Every index file that an absorbed index file supersedes (format §11.1).
+    pub fn superseded(&self) -> Result<HashSet<Id>> {
+        let mut guard = self.conn();
+        let conn = guard.read()?;
+        let mut stmt = conn.prepare("SELECT supersedes FROM index_files WHERE length(supersedes) > 0")?;
+        let mut out = HashSet::new();
+        for ids in stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))? {
+            out.extend(ids?.chunks_exact(32).filter_map(Id::from_slice));
+        }
+        Ok(out)
+    }
+
     /// Forgets everything (before a rebuild).
     pub fn clear(&self) -> Result<()> {
         self.conn().write()?.execute_batch("DELETE FROM blobs; DELETE FROM index_files;")?;
@@ -173,9 +185,10 @@ impl BlobIndex {
                     }
                 }
             }
-            let mut f = tx.prepare_cached("INSERT OR IGNORE INTO index_files(id) VALUES (?1)")?;
-            for (id, _) in files {
-                f.execute([&id.0[..]])?;
+            let mut f = tx.prepare_cached("INSERT OR IGNORE INTO index_files(id, supersedes) VALUES (?1, ?2)")?;
+            for (id, file) in files {
+                let supersedes: Vec<u8> = file.supersedes.iter().flat_map(|s| s.0).collect();
+                f.execute(params![&id.0[..], supersedes])?;
             }
         }
         tx.commit()?;
@@ -296,7 +309,7 @@ mod tests {
         let path = dir.path().join("index.sqlite");
         let idx = BlobIndex::open(Some(&path)).unwrap();
         let file = IndexFile {
-            supersedes: vec![],
+            supersedes: vec![Id([7; 32]), Id([8; 32])],
             packs: vec![IndexPack { id: Id([9; 32]), blobs: vec![entry(1, BlobType::Data), entry(2, BlobType::Tree)] }],
         };
         idx.add_index_files(&[(Id([5; 32]), file)]).unwrap();
@@ -310,6 +323,7 @@ mod tests {
         assert!(!idx.contains(&Id([3; 32])).unwrap());
         assert_eq!(idx.counts().unwrap(), (1, 1));
         assert_eq!(idx.index_files().unwrap(), HashSet::from([Id([5; 32])]));
+        assert_eq!(idx.superseded().unwrap(), HashSet::from([Id([7; 32]), Id([8; 32])]));
         idx.clear().unwrap();
         assert!(idx.get(&Id([2; 32])).unwrap().is_none());
     }

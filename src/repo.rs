@@ -527,37 +527,53 @@ impl Repository {
         &self.index
     }
 
-    /// Brings the blob index up to date with the repository's index files, using the cache
-    /// under `cache_dir` when given: only index files it has not seen are downloaded; if any it
-    /// has seen are gone (prune), it is rebuilt from scratch.
+    /// Brings the blob index up to date with the repository's live index files (format §11.1:
+    /// those no listed file supersedes), using the cache under `cache_dir` when given: only index
+    /// files it has not seen are downloaded. When files it absorbed were removed or superseded
+    /// (prune), it is rebuilt from the live files.
     pub async fn load_index(&mut self, cache_dir: Option<&Path>) -> Result<()> {
         self.attach_cache(cache_dir)?;
         let index = self.index.clone();
-        let present: HashSet<Id> =
-            self.backend.list(FileType::Index).await?.into_iter().filter_map(|f| f.handle.name.parse().ok()).collect();
-        let known = index.index_files()?;
-        if !known.is_subset(&present) {
-            tracing::info!("index files were removed since the cache was built; rebuilding it");
-            index.clear()?;
-        }
-        let known = index.index_files()?;
-        let missing: Vec<Id> = present.difference(&known).copied().collect();
-        let this = &*self;
-        let mut files =
-            futures::stream::iter(missing)
+        let mut superseded = index.superseded()?;
+        // A second round runs only when a new file supersedes one absorbed in the first.
+        for _ in 0..3 {
+            let present = list_ids(&*self.backend, FileType::Index).await?;
+            let known = index.index_files()?;
+            if !known.is_subset(&present) || !known.is_disjoint(&superseded) {
+                tracing::info!("index files were removed or superseded since the cache was built; rebuilding it");
+                index.clear()?;
+            }
+            let mut absorbed = index.index_files()?;
+            let missing: Vec<Id> =
+                present.iter().filter(|id| !absorbed.contains(id) && !superseded.contains(id)).copied().collect();
+            let this = &*self;
+            let mut files = futures::stream::iter(missing)
                 .map(|id| async move {
                     Ok::<_, Error>((id, IndexFile::decode(&this.load_file(FileType::Index, &id).await?)?))
                 })
                 .buffer_unordered(this.backend.connections().max(1));
-        let mut batch = Vec::new();
-        while let Some(f) = files.try_next().await? {
-            batch.push(f);
-            if batch.len() >= 64 {
-                index.add_index_files(&std::mem::take(&mut batch))?;
+            let mut batch = Vec::new();
+            let mut stale = false;
+            while let Some((id, file)) = files.try_next().await? {
+                if superseded.contains(&id) {
+                    continue; // superseded by a file that arrived earlier in this round
+                }
+                stale |= file.supersedes.iter().any(|s| absorbed.contains(s));
+                superseded.extend(file.supersedes.iter().copied());
+                absorbed.insert(id);
+                batch.push((id, file));
+                if batch.len() >= 64 {
+                    index.add_index_files(&std::mem::take(&mut batch))?;
+                }
+            }
+            index.add_index_files(&batch)?;
+            if !stale {
+                return Ok(());
             }
         }
-        index.add_index_files(&batch)?;
-        Ok(())
+        Err(Error::Invalid(
+            "the repository's index kept changing while it was read (a prune running?); try again".into(),
+        ))
     }
 
     /// Uses the local cache under `cache_dir` (`<dir>/<repo id>/index.sqlite`), or an empty
@@ -708,6 +724,11 @@ impl Repository {
     pub fn default_cache_dir() -> Option<PathBuf> {
         directories::BaseDirs::new().map(|d| d.cache_dir().join("s3bk"))
     }
+}
+
+/// The ids of the valid objects of type `tpe`. A failed listing is an error, never an empty set.
+pub(crate) async fn list_ids(backend: &dyn Backend, tpe: FileType) -> Result<HashSet<Id>> {
+    Ok(backend.list(tpe).await?.into_iter().filter_map(|f| f.handle.name.parse().ok()).collect())
 }
 
 /// Loads and decodes tree `id` through the tree-pack cache (for tasks without a `Repository`).

@@ -178,7 +178,7 @@ fn list_dir(tpe: FileType, dir: &Path, missing_ok: bool, out: &mut Vec<FileInfo>
             Err(e) => return Err(io_error(e, "reading metadata of", &path)),
         };
         if meta.is_file() {
-            out.push(FileInfo { handle: Handle::new(tpe, name), size: meta.len() });
+            out.push(FileInfo { handle: Handle::new(tpe, name), size: meta.len(), modified: meta.modified().ok() });
         }
     }
     Ok(())
@@ -191,7 +191,7 @@ fn list_blocking(root: &Path, tpe: FileType) -> Result<Vec<FileInfo>, BackendErr
             let h = Handle::config();
             let path = root.join(h.path());
             match fs::metadata(&path) {
-                Ok(m) if m.is_file() => out.push(FileInfo { handle: h, size: m.len() }),
+                Ok(m) if m.is_file() => out.push(FileInfo { handle: h, size: m.len(), modified: m.modified().ok() }),
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(io_error(e, "reading metadata of", &path)),
@@ -212,7 +212,8 @@ fn list_blocking(root: &Path, tpe: FileType) -> Result<Vec<FileInfo>, BackendErr
                 list_dir(tpe, &dir, true, &mut out)?;
             }
         }
-        _ => list_dir(tpe, &root.join(tpe.dirname()), false, &mut out)?,
+        // Repositories made before plans existed have no `deletions/` yet.
+        _ => list_dir(tpe, &root.join(tpe.dirname()), tpe == FileType::Deletion, &mut out)?,
     }
     Ok(out)
 }
@@ -264,7 +265,7 @@ impl Backend for LocalBackend {
         let (h, path) = (h.clone(), self.path(h));
         blocking(move || {
             let meta = fs::metadata(&path).map_err(|e| object_error(&h, e, "reading metadata of", &path))?;
-            Ok(FileInfo { handle: h, size: meta.len() })
+            Ok(FileInfo { handle: h, size: meta.len(), modified: meta.modified().ok() })
         })
         .await
     }

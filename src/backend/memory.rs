@@ -75,7 +75,7 @@ impl Backend for MemoryBackend {
     async fn stat(&self, h: &Handle) -> Result<FileInfo, BackendError> {
         check_handle(h)?;
         let size = self.read().get(h).map(|d| d.len() as u64).ok_or_else(|| BackendError::NotFound(h.clone()))?;
-        Ok(FileInfo { handle: h.clone(), size })
+        Ok(FileInfo { handle: h.clone(), size, modified: None })
     }
 
     async fn list(&self, tpe: FileType) -> Result<Vec<FileInfo>, BackendError> {
@@ -83,7 +83,7 @@ impl Backend for MemoryBackend {
             .read()
             .iter()
             .filter(|(h, _)| h.tpe == tpe)
-            .map(|(h, d)| FileInfo { handle: h.clone(), size: d.len() as u64 })
+            .map(|(h, d)| FileInfo { handle: h.clone(), size: d.len() as u64, modified: None })
             .collect())
     }
 

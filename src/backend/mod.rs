@@ -32,12 +32,21 @@ pub enum FileType {
     Index,
     /// Pack files (data and tree blobs).
     Pack,
+    /// Prune's deletion plans (format §11.3).
+    Deletion,
 }
 
 impl FileType {
     /// Every type, in the order `list_all`-style walks use.
-    pub const ALL: [FileType; 6] =
-        [FileType::Config, FileType::Key, FileType::Lock, FileType::Snapshot, FileType::Index, FileType::Pack];
+    pub const ALL: [FileType; 7] = [
+        FileType::Config,
+        FileType::Key,
+        FileType::Lock,
+        FileType::Snapshot,
+        FileType::Index,
+        FileType::Pack,
+        FileType::Deletion,
+    ];
 
     /// The folder that holds objects of this type. The one place that mapping lives.
     pub fn dirname(self) -> &'static str {
@@ -48,6 +57,7 @@ impl FileType {
             FileType::Snapshot => "snapshots",
             FileType::Index => "index",
             FileType::Pack => "data",
+            FileType::Deletion => "deletions",
         }
     }
 
@@ -116,6 +126,9 @@ pub struct FileInfo {
     pub handle: Handle,
     /// Its size in bytes.
     pub size: u64,
+    /// When the store last wrote it, by the store's clock (S3 `Last-Modified`, file mtime);
+    /// `None` where the backend keeps no time. Maintenance measures clock skew with it.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// A boxed error from a backend's underlying client.

@@ -9,6 +9,7 @@
 //! [`Backend::supports_create_only`] probes instead of assuming.
 
 use std::ops::Range;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -365,7 +366,7 @@ impl S3Backend {
     }
 
     /// Lists every key under `dir` (relative to the prefix, ending with `/`), with sizes.
-    async fn list_keys(&self, dir: &str) -> Result<Vec<(String, u64)>, BackendError> {
+    async fn list_keys(&self, dir: &str) -> Result<Vec<(String, u64, Option<SystemTime>)>, BackendError> {
         let full = format!("{}{dir}", self.prefix);
         let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full).into_paginator().send();
         let mut out = Vec::new();
@@ -373,7 +374,8 @@ impl S3Backend {
             let page = page.map_err(|e| self.error(e, None, &format!("listing {full} in")))?;
             for obj in page.contents() {
                 if let Some(rest) = obj.key().and_then(|k| k.strip_prefix(&full)) {
-                    out.push((rest.to_owned(), obj.size().unwrap_or(0).max(0) as u64));
+                    let modified = obj.last_modified().and_then(|t| SystemTime::try_from(*t).ok());
+                    out.push((rest.to_owned(), obj.size().unwrap_or(0).max(0) as u64, modified));
                 }
             }
         }
@@ -471,7 +473,11 @@ impl Backend for S3Backend {
             .send()
             .await
             .map_err(|e| self.error(e, Some(h), "checking"))?;
-        Ok(FileInfo { handle: h.clone(), size: out.content_length().unwrap_or(0).max(0) as u64 })
+        Ok(FileInfo {
+            handle: h.clone(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            modified: out.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
+        })
     }
 
     async fn list(&self, tpe: FileType) -> Result<Vec<FileInfo>, BackendError> {
@@ -485,7 +491,7 @@ impl Backend for S3Backend {
         let keys = self.list_keys(&format!("{}/", tpe.dirname())).await?;
         Ok(keys
             .into_iter()
-            .filter_map(|(rest, size)| {
+            .filter_map(|(rest, size, modified)| {
                 let name = match tpe {
                     // `xx/<name>` where xx is the name's first two digits; anything else is stray.
                     FileType::Pack => {
@@ -496,7 +502,7 @@ impl Backend for S3Backend {
                 };
                 // The capability probe is this backend's own machinery, not a lock.
                 let probe = tpe == FileType::Lock && name == crate::backend::CREATE_ONLY_PROBE;
-                (valid_name(tpe, name) && !probe).then(|| FileInfo { handle: Handle::new(tpe, name), size })
+                (valid_name(tpe, name) && !probe).then(|| FileInfo { handle: Handle::new(tpe, name), size, modified })
             })
             .collect())
     }
