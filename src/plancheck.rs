@@ -4,8 +4,9 @@
 //! packs out). A plan seen only now was created after the load, so it cannot be due before its
 //! grace (`not_before - created`) has passed since then: while the backup's own elapsed time plus
 //! [`DUE_MARGIN`] is shorter than that grace, no clock comparison is needed and nothing can be
-//! deleted under it. Otherwise the snapshot's blobs are looked up: if any lies in a pack the plan
-//! lists, the backup stops without writing a snapshot.
+//! deleted under it. Otherwise the backup stops without writing a snapshot if the plan lists one
+//! of its own new packs (checked before its index files are written, so no index ever points at
+//! a pack about to go) or a pack holding any blob the snapshot references (checked after).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use crate::backend::{FileType, Handle};
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::index::IndexPack;
 use crate::repo::{Repository, list_ids};
 use crate::tree::Extent;
 
@@ -40,9 +42,10 @@ struct PlanPack {
     id: Id,
 }
 
-/// Fails when writing a snapshot of `root` now could reference data a prune deletes.
-pub async fn check_before_snapshot(repo: &Repository, root: &Id) -> Result<()> {
-    let Some(loaded) = repo.index_loaded() else { return Ok(()) };
+/// The packs listed by deletion plans that appeared after the index was loaded and may come
+/// due before this backup finishes (see the module doc).
+pub async fn packs_in_reach(repo: &Repository) -> Result<HashSet<Id>> {
+    let Some(loaded) = repo.index_loaded() else { return Ok(HashSet::new()) };
     // The monotonic clock stops while the machine sleeps, the wall clock may be stepped: take
     // the longer of the two.
     let elapsed = Instant::now()
@@ -69,18 +72,41 @@ pub async fn check_before_snapshot(repo: &Repository, root: &Id) -> Result<()> {
         let plan: PlanView = crate::codec::from_cbor(&plain)
             .map_err(|e| Error::corrupt(Handle::new(FileType::Deletion, id.to_hex()).to_string(), e))?;
         let grace = Duration::from_secs(plan.not_before.saturating_sub(plan.created));
-        if elapsed + DUE_MARGIN >= grace {
+        if elapsed + margin(grace) >= grace {
             condemned.extend(plan.packs.into_iter().map(|p| p.id));
         }
     }
+    if !condemned.is_empty() {
+        tracing::info!("a prune marked {} packs while this backup ran; checking against them", condemned.len());
+    }
+    Ok(condemned)
+}
+
+/// The allowance for clocks and uploads: [`DUE_MARGIN`], or half the grace when that is
+/// shorter (graces under 30 minutes are safe only where all machines share one clock).
+pub fn margin(grace: Duration) -> Duration {
+    DUE_MARGIN.min(grace / 2)
+}
+
+/// Before the backup indexes its new packs: fails if a prune marked one of them (it listed
+/// them as unindexed), since indexing a pack that may be deleted would mislead later backups.
+pub fn check_new_packs(condemned: &HashSet<Id>, packs: &[IndexPack]) -> Result<()> {
+    match packs.iter().find(|p| condemned.contains(&p.id)) {
+        Some(p) => Err(Error::PruneOverlap(format!(
+            "a prune marked pack {} that this backup uploaded, before its index was written",
+            p.id.short()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Before the snapshot is written: fails if any blob reachable from `root` lies in a
+/// condemned pack.
+pub async fn check_snapshot(repo: &Repository, root: &Id, condemned: &HashSet<Id>) -> Result<()> {
     if condemned.is_empty() {
         return Ok(());
     }
-    tracing::info!(
-        "a prune marked {} packs while this backup ran; checking the snapshot against them",
-        condemned.len()
-    );
-    if let Some(blob) = first_blob_in(repo, root, &condemned).await? {
+    if let Some(blob) = first_blob_in(repo, root, condemned).await? {
         return Err(Error::PruneOverlap(format!(
             "a prune marked for deletion a pack holding blob {} that this backup relies on",
             blob.short()
@@ -114,4 +140,24 @@ async fn first_blob_in(repo: &Repository, root: &Id, packs: &HashSet<Id>) -> Res
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn margin_is_fifteen_minutes_or_half_a_short_grace() {
+        assert_eq!(margin(Duration::from_secs(24 * 3600)), DUE_MARGIN);
+        assert_eq!(margin(Duration::from_secs(4)), Duration::from_secs(2));
+        assert_eq!(margin(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_marked_new_pack_stops_the_backup_before_its_index() {
+        let packs = vec![IndexPack { id: Id([1; 32]), blobs: vec![] }, IndexPack { id: Id([2; 32]), blobs: vec![] }];
+        assert!(check_new_packs(&HashSet::from([Id([3; 32])]), &packs).is_ok());
+        let err = check_new_packs(&HashSet::from([Id([2; 32])]), &packs).unwrap_err();
+        assert!(matches!(err, Error::PruneOverlap(_)), "{err}");
+    }
 }
