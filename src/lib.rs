@@ -26,6 +26,7 @@ pub mod pack;
 pub mod progress;
 pub mod repo;
 pub mod restorer;
+pub mod restoretest;
 pub mod snapshot;
 pub mod tree;
 pub mod treecache;
