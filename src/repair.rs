@@ -17,7 +17,8 @@
 //! tree is unreadable becomes a directory holding only a marker file that says what was lost,
 //! and every change is returned (and recorded in the new snapshot's `summary.skipped`, with
 //! `incomplete` set). The new snapshot keeps the original's time, host and paths, gets the tag
-//! `repaired` and names the original in `original` (format §9). New tree and marker blobs are
+//! `repaired` and names the original in `original` (format §9); a repair an earlier run already
+//! stored (same original, same root tree) is reported, not stored again. New tree and marker blobs are
 //! sealed and packed as a backup does (`archiver::seal_blob`, `archiver::store_pack`), and
 //! written in the format's order: packs, then index, then snapshots; only then, on request, are
 //! the originals deleted.
@@ -432,9 +433,11 @@ pub struct RepairedSnapshot {
     /// The damaged snapshot.
     #[serde(serialize_with = "hex")]
     pub original: Id,
-    /// The new snapshot (`None` with `dry_run`).
+    /// The new snapshot (`None` with `dry_run`, unless `earlier`).
     #[serde(serialize_with = "hex_opt")]
     pub repaired: Option<Id>,
+    /// Whether `repaired` was stored by an earlier run (the same repair is not stored twice).
+    pub earlier: bool,
     /// What was removed.
     pub changes: Vec<Change>,
     /// Whether the original was deleted.
@@ -642,21 +645,27 @@ pub async fn repair_snapshots(
 ) -> Result<SnapshotsReport> {
     let backend = repo.backend().clone();
     let mut report = SnapshotsReport { dry_run: opts.dry_run, ..SnapshotsReport::default() };
-    let mut ids = if opts.snapshots.is_empty() {
-        list(&*backend, FileType::Snapshot).await?.into_iter().map(|(id, _)| id).collect()
-    } else {
-        opts.snapshots.clone()
-    };
-    ids.sort();
-    ids.dedup();
+    let mut all: Vec<Id> = list(&*backend, FileType::Snapshot).await?.into_iter().map(|(id, _)| id).collect();
+    all.sort();
     let packs: HashSet<Id> = list(&*backend, FileType::Pack).await?.into_iter().map(|(id, _)| id).collect();
+    // Every snapshot is loaded: earlier repairs are found by their `original`.
     let mut entries = Vec::new();
-    for id in ids {
+    let mut earlier: HashMap<Id, Vec<(Id, Id)>> = HashMap::new();
+    for id in all.iter().copied().chain(opts.snapshots.iter().copied().filter(|i| !all.contains(i))) {
+        let wanted = opts.snapshots.is_empty() || opts.snapshots.contains(&id);
         match repo.load_snapshot(&id).await {
-            Ok(snapshot) => entries.push(SnapshotEntry { id, snapshot }),
-            Err(e) if is_damage(&e) => {
+            Ok(snapshot) => {
+                if let Some(o) = snapshot.original {
+                    earlier.entry(o).or_default().push((id, snapshot.tree));
+                }
+                if wanted {
+                    entries.push(SnapshotEntry { id, snapshot });
+                }
+            }
+            Err(e) if is_damage(&e) && wanted => {
                 report.unreadable.push(UnreadableSnapshot { snapshot: id, error: e.to_string() })
             }
+            Err(e) if is_damage(&e) => {}
             Err(e) => return Err(e),
         }
     }
@@ -681,11 +690,15 @@ pub async fn repair_snapshots(
         if root == e.snapshot.tree {
             continue;
         }
-        let s = repaired_snapshot(e, root, &changes);
-        new_snapshots.push((report.repaired.len(), s));
+        // An earlier run already stored this very repair: use it rather than write a copy.
+        let done = earlier.get(&e.id).and_then(|v| v.iter().find(|(_, tree)| *tree == root)).map(|(id, _)| *id);
+        if done.is_none() {
+            new_snapshots.push((report.repaired.len(), repaired_snapshot(e, root, &changes)));
+        }
         report.repaired.push(RepairedSnapshot {
             original: e.id,
-            repaired: None,
+            repaired: done,
+            earlier: done.is_some(),
             changes: changes.to_vec(),
             forgotten: false,
         });

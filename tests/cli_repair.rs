@@ -216,12 +216,18 @@ fn repair_snapshots_drops_lost_files_and_keeps_the_original() {
     assert_eq!(v["problems"], serde_json::json!([]), "{v}");
     e.cmd().args(["verify", "--snapshot", &original]).assert().code(1);
 
-    // --forget removes the original once its (second) repaired copy is stored.
-    let r = e.json(&["repair", "snapshots", "--forget", &original], 0);
+    // Running it again finds the earlier repair instead of storing a copy; --forget then
+    // removes the original.
+    let r = e.json(&["repair", "snapshots"], 0);
+    assert_eq!(r["repaired"][0]["earlier"], true, "{r}");
+    assert_eq!(r["repaired"][0]["repaired"], new.as_str());
+    assert_eq!(e.snapshot_ids().len(), 2);
+    let r = e.json(&["repair", "snapshots", "--forget", &original[..12]], 0);
     assert_eq!(r["repaired"][0]["forgotten"], true, "{r}");
-    let ids = e.snapshot_ids();
-    assert!(!ids.contains(&original) && ids.len() == 2, "{ids:?}");
+    assert_eq!(r["repaired"][0]["repaired"], new.as_str());
+    assert_eq!(e.snapshot_ids(), vec![new.clone()]);
     e.cmd().arg("verify").assert().code(0);
+    e.cmd().args(["restore", "--target"]).arg(e.path("out2")).assert().code(0);
 }
 
 /// Packs holding tree blobs.

@@ -165,6 +165,9 @@ fn print_snapshots(ctx: &Ctx, r: &SnapshotsReport) -> anyhow::Result<()> {
     }
     for s in &r.repaired {
         match s.repaired {
+            Some(new) if s.earlier => {
+                writeln!(out, "snapshot {} was already repaired as {}:", s.original.short(), new.short())?
+            }
             Some(new) => writeln!(out, "snapshot {} repaired as {}:", s.original.short(), new.short())?,
             None => writeln!(out, "snapshot {} would be repaired:", s.original.short())?,
         }
