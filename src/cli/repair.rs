@@ -140,7 +140,8 @@ async fn run_snapshots(ctx: &Ctx, args: &SnapshotsArgs) -> anyhow::Result<u8> {
     let repo = &opened.repo;
     let mut ids: Vec<Id> = Vec::new();
     if !args.snapshots.is_empty() {
-        let all = repo.snapshots().await.context("listing snapshots")?;
+        // An unreadable snapshot file cannot be named here; run without ids to have it reported.
+        let all = repo.snapshots_lenient().await.context("listing snapshots")?.0;
         for spec in &args.snapshots {
             ids.push(select(&all, spec, &Default::default())?.id);
         }

@@ -90,7 +90,8 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
     let chosen = match (&args.snapshot, &args.restore_test) {
         (None, None) => None,
         (spec, _) => {
-            let all = opened.repo.snapshots().await.context("listing snapshots")?;
+            // Unreadable snapshot files are reported by the check itself.
+            let all = opened.repo.snapshots_lenient().await.context("listing snapshots")?.0;
             Some(select(&all, spec.as_deref().unwrap_or("latest"), &Default::default())?.clone())
         }
     };
