@@ -286,6 +286,7 @@ pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn P
 
     if !opts.dry_run {
         repo.save_index(packs).await?;
+        crate::plancheck::check_before_snapshot(repo, &root).await?;
     }
     let s = &shared.stats;
     let skipped = std::mem::take(&mut *shared.skipped.lock().unwrap_or_else(|p| p.into_inner()));

@@ -35,7 +35,7 @@ use crate::crypto::{Keys, SEAL_OVERHEAD};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{IndexFile, IndexPack, MAX_BLOBS_PER_FILE};
-use crate::lease_placeholder::Lease;
+use crate::lease::Lease;
 use crate::pack::{BlobEntry, BlobType, HEADER_ENTRY_LEN, PackBuilder};
 use crate::progress::Progress;
 use crate::repo::Repository;

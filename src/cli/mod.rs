@@ -23,6 +23,7 @@ pub mod progress;
 pub mod repair;
 pub mod restore;
 pub mod snapshots;
+pub mod unlock;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -244,6 +245,8 @@ pub enum Command {
     Repair(repair::Args),
     /// Manage keys: list, add, remove, re-wrap under another KMS key, rotate the data key
     Key(key::Args),
+    /// Clear stale maintenance leases left by a killed prune or repair
+    Unlock(unlock::Args),
     /// Print a shell completion script
     Completions(completions::Args),
     /// Print or write manual pages
@@ -267,6 +270,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Verify(args) => verify::run(&Ctx::new(global)?, &args).await,
         Command::Repair(args) => repair::run(&Ctx::new(global)?, &args).await,
         Command::Key(args) => key::run(&Ctx::new(global)?, &args).await,
+        Command::Unlock(args) => unlock::run(&Ctx::new(global)?, &args).await,
     }
 }
 
