@@ -20,8 +20,9 @@
 //! `repaired` and names the original in `original` (format §9); a repair an earlier run already
 //! stored (same original, same root tree) is reported, not stored again. New tree and marker blobs are
 //! sealed and packed as a backup does (`archiver::seal_blob`, `archiver::store_pack`), and
-//! written in the format's order: packs, then index, then snapshots; only then, on request, are
-//! the originals deleted.
+//! written in the format's order: packs, then index, then snapshots (each after a backup's check
+//! against prune's deletion plans, format §11.4); only then, on request, are the originals
+//! deleted.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -139,6 +140,9 @@ pub struct IndexReport {
     pub index_superseded: Vec<Id>,
     /// Old index files deleted.
     pub index_deleted: u64,
+    /// Whether the maintenance lease excluded other runs atomically (`None` for a dry run,
+    /// which takes no lease; `false` on servers that ignore conditional writes, format §11.2).
+    pub lease_exclusive: Option<bool>,
 }
 
 /// Writes new index files as packs arrive: full files go out at once, without supersessions;
@@ -181,13 +185,13 @@ impl IndexWriter<'_> {
 pub async fn repair_index(repo: &Repository, opts: &IndexOptions, progress: Arc<dyn Progress>) -> Result<IndexReport> {
     let lease = if opts.dry_run { None } else { Some(Lease::acquire(repo, "repair index").await?) };
     let outcome = rebuild_index(repo, opts, &*progress, lease.as_ref()).await;
-    if let Some(lease) = lease {
-        let released = lease.release().await;
-        let report = outcome?;
-        released?;
-        return Ok(report);
-    }
-    outcome
+    let Some(lease) = lease else { return outcome };
+    let exclusive = lease.exclusive();
+    let released = lease.release().await;
+    let mut report = outcome?;
+    released?;
+    report.lease_exclusive = Some(exclusive);
+    Ok(report)
 }
 
 async fn rebuild_index(
@@ -714,6 +718,9 @@ pub async fn repair_snapshots(
         repo.save_index(stored).await?;
     }
     for (i, s) in &new_snapshots {
+        // Like a backup's snapshot (format §11.4): a prune that marked packs since the index was
+        // loaded may be about to delete data the repaired snapshot keeps.
+        crate::plancheck::check_before_snapshot(repo, &s.tree).await?;
         report.repaired[*i].repaired = Some(repo.save_snapshot(s).await?);
     }
     if opts.forget {

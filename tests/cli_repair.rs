@@ -281,3 +281,24 @@ fn repair_snapshots_empties_unreadable_directories_with_a_marker() {
     let text = std::fs::read_to_string(e.path("out").join(s3bk::repair::LOST_MARKER)).unwrap();
     assert!(text.contains("could not be read"), "{text}");
 }
+
+#[test]
+fn repair_index_refuses_while_another_run_holds_the_lease() {
+    let e = Env::with_backup();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let repo = e.path("repo");
+    let lease = rt.block_on(async {
+        let be: Arc<dyn s3bk::backend::Backend> = Arc::new(s3bk::backend::LocalBackend::new(&repo));
+        let r = s3bk::repo::Repository::open(be, &s3bk::repo::Secret::passphrase("pw")).await.unwrap();
+        s3bk::lease::Lease::acquire(&r, "prune").await.unwrap()
+    });
+    let before = e.objects("index");
+    e.cmd().args(["repair", "index"]).assert().code(11).stderr(predicate::str::contains("prune"));
+    assert_eq!(e.objects("index"), before, "nothing written or deleted while the lease is held elsewhere");
+    // A dry run takes no lease.
+    e.cmd().args(["repair", "index", "--dry-run"]).assert().code(0);
+    rt.block_on(lease.release()).unwrap();
+    let r = e.json(&["repair", "index"], 0);
+    assert_eq!(r["lease_exclusive"], true, "{r}");
+    assert_eq!(r["index_deleted"], 1);
+}

@@ -83,6 +83,12 @@ async fn run_index(ctx: &Ctx, args: &IndexArgs) -> anyhow::Result<u8> {
         print_json(&report)?;
     } else {
         print_index(ctx, &report)?;
+        if report.lease_exclusive == Some(false) {
+            eprintln!(
+                "warning: this server ignores conditional writes, so the maintenance lease rested on a read-back \
+                 check that narrows but cannot close the race with another maintenance run"
+            );
+        }
     }
     if report.skipped.is_empty() {
         return Ok(exit::OK);
