@@ -317,6 +317,7 @@ pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn P
             duration_secs: started.elapsed().as_secs_f64(),
             skipped,
         },
+        original: None,
     };
     let id = if opts.dry_run { None } else { Some(repo.save_snapshot(&snapshot).await?) };
     Ok(BackupResult { id, snapshot })
@@ -843,17 +844,35 @@ fn save_trees(shared: &Shared, dirs: Receiver<DirJob>, blobs: Sender<BlobJob>) {
     }
 }
 
+/// Compresses `plain` at `level` when that makes it smaller, then seals it: the stored form of a
+/// blob (format §7). Returns the sealed bytes and whether they hold zstd. Shared with
+/// `repair snapshots`, which writes tree blobs the way a backup does.
+pub(crate) fn seal_blob(keys: &Keys, level: i32, plain: &[u8]) -> (Vec<u8>, bool) {
+    let compressed = crate::compress::compress(plain, level);
+    (keys.seal(compressed.as_deref().unwrap_or(plain)), compressed.is_some())
+}
+
+/// Uploads one finished pack (create-only; "already exists" means stored) and returns its
+/// index entry. Shared with `repair snapshots`.
+pub(crate) async fn store_pack(backend: &dyn crate::backend::Backend, pack: FinishedPack) -> Result<IndexPack> {
+    let h = Handle::new(FileType::Pack, pack.id.to_hex());
+    match backend.put(&h, pack.data, crate::backend::PutMode::CreateOnly).await {
+        Ok(()) | Err(crate::backend::BackendError::AlreadyExists(_)) => {}
+        Err(e) => return Err(Error::from(e)),
+    }
+    Ok(IndexPack { id: pack.id, blobs: pack.entries })
+}
+
 /// Sealer stage: compresses (when it helps) and encrypts blobs.
 fn seal_blobs(shared: &Shared, jobs: Receiver<BlobJob>, out: Sender<SealedBlob>) {
     for job in jobs {
         let raw_len = job.data.len() as u32;
-        let compressed = crate::compress::compress(&job.data, shared.compression);
-        let sealed = shared.keys.seal(compressed.as_deref().unwrap_or(&job.data));
+        let (sealed, compressed) = seal_blob(&shared.keys, shared.compression, &job.data);
         let s = &shared.stats;
         s.blobs_added.fetch_add(1, Relaxed);
         s.bytes_added.fetch_add(u64::from(raw_len), Relaxed);
         s.bytes_added_stored.fetch_add(sealed.len() as u64, Relaxed);
-        let blob = SealedBlob { tpe: job.tpe, id: job.id, raw_len, compressed: compressed.is_some(), sealed };
+        let blob = SealedBlob { tpe: job.tpe, id: job.id, raw_len, compressed, sealed };
         if out.send(blob).is_err() {
             return;
         }
@@ -907,14 +926,10 @@ async fn upload_packs(
         let backend = backend.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            if !dry_run {
-                let h = Handle::new(FileType::Pack, pack.id.to_hex());
-                match backend.put(&h, pack.data, crate::backend::PutMode::CreateOnly).await {
-                    Ok(()) | Err(crate::backend::BackendError::AlreadyExists(_)) => {}
-                    Err(e) => return Err(Error::from(e)),
-                }
+            if dry_run {
+                return Ok(IndexPack { id: pack.id, blobs: pack.entries });
             }
-            Ok(IndexPack { id: pack.id, blobs: pack.entries })
+            store_pack(&*backend, pack).await
         });
         while let Some(done) = tasks.try_join_next() {
             collect(done, &mut stored, &mut first_error, &shared);

@@ -155,6 +155,9 @@ impl Selection {
 pub struct VerifyOptions {
     /// Which packs to download and check.
     pub read_data: ReadData,
+    /// Walk only these snapshots' trees (every snapshot when empty). Index files and packs are
+    /// checked all the same.
+    pub snapshots: Vec<Id>,
 }
 
 fn hex<S: Serializer>(id: &Id, s: S) -> Result<S::Ok, S::Error> {
@@ -293,6 +296,24 @@ pub enum Problem {
         /// The first file found using it: snapshot and path.
         at: String,
     },
+    /// The restore test (`verify --restore-test`) could not restore its sample.
+    RestoreFailed {
+        /// The snapshot.
+        #[serde(serialize_with = "hex")]
+        snapshot: Id,
+        /// Why.
+        error: String,
+    },
+    /// A file the restore test restored differs from the snapshot.
+    RestoredFileMismatch {
+        /// The snapshot.
+        #[serde(serialize_with = "hex")]
+        snapshot: Id,
+        /// The file, from the snapshot root.
+        path: String,
+        /// How it differs.
+        detail: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -324,6 +345,12 @@ impl fmt::Display for Problem {
                 write!(f, "tree {tree} ({at}) in pack {pack} is unreadable: {error}")
             }
             Self::BlobMissing { blob, at } => write!(f, "blob {blob} (used by {at}) is not in the index"),
+            Self::RestoreFailed { snapshot, error } => {
+                write!(f, "restore test of snapshot {snapshot} failed: {error}")
+            }
+            Self::RestoredFileMismatch { snapshot, path, detail } => {
+                write!(f, "restore test of snapshot {snapshot}: {path} differs from the snapshot: {detail}")
+            }
         }
     }
 }
@@ -419,7 +446,10 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions, progress: Arc<dyn P
     let mut report = Report::default();
 
     // Snapshots, then index files, then packs: see the module comment.
-    let snapshot_ids = list_ids(&*backend, FileType::Snapshot).await?;
+    let mut snapshot_ids = list_ids(&*backend, FileType::Snapshot).await?;
+    if !opts.snapshots.is_empty() {
+        snapshot_ids.retain(|(id, _)| opts.snapshots.contains(id));
+    }
     let index_ids = list_ids(&*backend, FileType::Index).await?;
     let pack_sizes: HashMap<Id, u64> = list_ids(&*backend, FileType::Pack).await?.into_iter().collect();
 

@@ -525,6 +525,7 @@ mod tests {
                 program: "s3bk test".into(),
                 incomplete: false,
                 summary: Summary::default(),
+                original: None,
             },
         }
     }

@@ -745,6 +745,28 @@ impl Repository {
         Ok(out)
     }
 
+    /// Like [`Self::snapshots`], but a snapshot file that does not load is returned with its
+    /// error instead of failing the whole listing: for `verify` and `repair`, which must work on
+    /// a damaged repository. Oldest first.
+    pub async fn snapshots_lenient(&self) -> Result<(Vec<SnapshotEntry>, Vec<(Id, Error)>)> {
+        let ids = list_ids(&*self.backend, FileType::Snapshot).await?;
+        let loaded: Vec<(Id, Result<Snapshot>)> = futures::stream::iter(ids)
+            .map(|id| async move { (id, self.load_snapshot(&id).await) })
+            .buffer_unordered(self.backend.connections().max(1))
+            .collect()
+            .await;
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
+        for (id, r) in loaded {
+            match r {
+                Ok(snapshot) => good.push(SnapshotEntry { id, snapshot }),
+                Err(e) => bad.push((id, e)),
+            }
+        }
+        good.sort_by_key(|e: &SnapshotEntry| (e.snapshot.time_ns, e.id));
+        bad.sort_by_key(|(id, _)| *id);
+        Ok((good, bad))
+    }
+
     /// The default local cache folder (`$XDG_CACHE_HOME/s3bk`).
     pub fn default_cache_dir() -> Option<PathBuf> {
         directories::BaseDirs::new().map(|d| d.cache_dir().join("s3bk"))

@@ -12,7 +12,7 @@
 //! a directory must go is removed (or the entry skipped), and files are opened `O_NOFOLLOW`.
 //! Symlinks are created last, so no entry is ever written "through" one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -54,6 +54,10 @@ pub struct RestoreOptions {
     pub includes: Vec<String>,
     /// Leave out paths matching these globs.
     pub excludes: Vec<String>,
+    /// Only these exact paths (relative to the snapshot root, with everything below them), on top
+    /// of `includes`; for picking entries by name whatever bytes it holds (`verify
+    /// --restore-test`'s sample).
+    pub paths: Option<Arc<HashSet<PathBuf>>>,
     /// Policy for existing files.
     pub overwrite: Overwrite,
     /// Restore ownership (uid/gid); only works as root.
@@ -84,7 +88,7 @@ pub async fn restore(
     opts: &RestoreOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<RestoreSummary> {
-    let filter = PathFilter::new(&opts.includes, &opts.excludes)?;
+    let filter = PathFilter::new(&opts.includes, &opts.excludes, opts.paths.clone())?;
     let mut plan = Plan::default();
     collect(repo, &snapshot.tree, Vec::new(), &filter, &mut plan).await?;
     std::fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
@@ -202,10 +206,11 @@ pub async fn restore(
 struct PathFilter {
     includes: Option<GlobSet>,
     excludes: GlobSet,
+    paths: Option<Arc<HashSet<PathBuf>>>,
 }
 
 impl PathFilter {
-    fn new(includes: &[String], excludes: &[String]) -> Result<Self> {
+    fn new(includes: &[String], excludes: &[String], paths: Option<Arc<HashSet<PathBuf>>>) -> Result<Self> {
         let build = |pats: &[String]| -> Result<GlobSet> {
             let mut b = GlobSetBuilder::new();
             for p in pats {
@@ -219,7 +224,11 @@ impl PathFilter {
             }
             b.build().map_err(|e| Error::Invalid(e.to_string()))
         };
-        Ok(Self { includes: (!includes.is_empty()).then(|| build(includes)).transpose()?, excludes: build(excludes)? })
+        Ok(Self {
+            includes: (!includes.is_empty()).then(|| build(includes)).transpose()?,
+            excludes: build(excludes)?,
+            paths,
+        })
     }
 
     /// Whether `path` or one of its ancestors matches `set`.
@@ -233,6 +242,7 @@ impl PathFilter {
 
     fn included(&self, path: &Path) -> bool {
         self.includes.as_ref().is_none_or(|s| Self::matches_or_below(s, path))
+            && self.paths.as_ref().is_none_or(|set| path.ancestors().any(|a| set.contains(a)))
     }
 }
 

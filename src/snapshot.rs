@@ -75,6 +75,9 @@ pub struct Snapshot {
     pub incomplete: bool,
     /// Statistics.
     pub summary: Summary,
+    /// For a snapshot written by `repair snapshots`: the damaged snapshot it replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Id>,
 }
 
 impl Snapshot {
@@ -153,6 +156,7 @@ mod tests {
             program: "s3bk".into(),
             incomplete: false,
             summary: Summary::default(),
+            original: None,
         }
     }
 

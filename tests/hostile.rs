@@ -49,6 +49,7 @@ fn snapshot(tree: s3bk::id::Id) -> Snapshot {
         program: "evil".into(),
         incomplete: false,
         summary: Summary::default(),
+        original: None,
     }
 }
 

@@ -52,7 +52,9 @@ async fn open(dir: &Path) -> Repository {
 
 async fn check(dir: &Path, read_data: ReadData) -> Report {
     let repo = open(dir).await;
-    verify(&repo, &VerifyOptions { read_data }, Arc::new(NoProgress)).await.expect("verify runs")
+    verify(&repo, &VerifyOptions { read_data, ..VerifyOptions::default() }, Arc::new(NoProgress))
+        .await
+        .expect("verify runs")
 }
 
 /// Every object of `tpe` with its size, in name order.
@@ -120,8 +122,13 @@ async fn clean_repository_has_no_problems() {
         t
     }
     let repo = open(&dir).await;
-    let r =
-        assert_send(verify(&repo, &VerifyOptions { read_data: ReadData::All }, Arc::new(NoProgress))).await.unwrap();
+    let r = assert_send(verify(
+        &repo,
+        &VerifyOptions { read_data: ReadData::All, ..VerifyOptions::default() },
+        Arc::new(NoProgress),
+    ))
+    .await
+    .unwrap();
     assert!(r.is_clean(), "{:?}", r.problems);
     assert_eq!(r.packs_read, packs.len() as u64);
     assert_eq!(r.bytes_read, packs.iter().map(|(_, s)| s).sum::<u64>());
@@ -388,7 +395,7 @@ async fn slices_read_every_pack_exactly_once() {
     let repo = open_with(counting.clone()).await;
     let mut read = 0;
     for n in 1..=4 {
-        let opts = VerifyOptions { read_data: ReadData::Subset(Subset::Slice { n, t: 4 }) };
+        let opts = VerifyOptions { read_data: ReadData::Subset(Subset::Slice { n, t: 4 }), ..VerifyOptions::default() };
         let r = verify(&repo, &opts, Arc::new(NoProgress)).await.unwrap();
         assert!(r.is_clean(), "{:?}", r.problems);
         read += r.packs_read;
@@ -400,8 +407,8 @@ async fn slices_read_every_pack_exactly_once() {
 
     // 100% reads everything; a small percentage reads a part.
     counting.pack_reads.lock().unwrap().clear();
-    let all = VerifyOptions { read_data: ReadData::Subset("100%".parse().unwrap()) };
+    let all = VerifyOptions { read_data: ReadData::Subset("100%".parse().unwrap()), ..VerifyOptions::default() };
     assert_eq!(verify(&repo, &all, Arc::new(NoProgress)).await.unwrap().packs_read, packs.len() as u64);
-    let some = VerifyOptions { read_data: ReadData::Subset("1%".parse().unwrap()) };
+    let some = VerifyOptions { read_data: ReadData::Subset("1%".parse().unwrap()), ..VerifyOptions::default() };
     assert!(verify(&repo, &some, Arc::new(NoProgress)).await.unwrap().packs_read < packs.len() as u64);
 }

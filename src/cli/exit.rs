@@ -6,6 +6,7 @@
 //! | 1    | error (anything not listed below)                              |
 //! | 2    | usage error: bad arguments (clap's default)                    |
 //! | 3    | the snapshot was written but is incomplete (paths were skipped) |
+//! | 4    | `verify --rto`: the estimated full restore takes longer than the objective |
 //! | 10   | no repository: none configured, or none at the location        |
 //! | 11   | the repository is locked by another operation                  |
 //! | 12   | wrong password or key                                          |
@@ -24,6 +25,8 @@ pub const OK: u8 = 0;
 pub const ERROR: u8 = 1;
 /// The snapshot was written but some paths were skipped.
 pub const INCOMPLETE: u8 = 3;
+/// `verify --rto`: the estimated full restore misses the recovery time objective.
+pub const RTO_EXCEEDED: u8 = 4;
 /// No repository configured, or none at the configured location.
 pub const NO_REPOSITORY: u8 = 10;
 /// The repository is locked.
@@ -40,6 +43,7 @@ Exit codes:
   1   error
   2   usage error (bad arguments)
   3   snapshot written, but incomplete (some paths were skipped)
+  4   verify --rto: the estimated full restore takes longer than the objective
   10  no repository (none configured, or none at that location)
   11  repository locked by another operation
   12  wrong password or key

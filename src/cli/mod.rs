@@ -20,6 +20,7 @@ pub mod ls;
 pub mod man;
 pub mod password;
 pub mod progress;
+pub mod repair;
 pub mod restore;
 pub mod snapshots;
 pub mod unlock;
@@ -239,6 +240,9 @@ pub enum Command {
     /// Check the repository: every snapshot's data is indexed and stored; with --read-data,
     /// every stored byte is intact
     Verify(verify::Args),
+    /// Repair a damaged repository: rebuild the index from the packs, or rewrite snapshots
+    /// without the data that is lost
+    Repair(repair::Args),
     /// Manage keys: list, add, remove, re-wrap under another KMS key, rotate the data key
     Key(key::Args),
     /// Clear stale maintenance leases left by a killed prune or repair
@@ -264,6 +268,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Find(args) => find::run(&Ctx::new(global)?, &args).await,
         Command::Forget(args) => forget::run(&Ctx::new(global)?, &args).await,
         Command::Verify(args) => verify::run(&Ctx::new(global)?, &args).await,
+        Command::Repair(args) => repair::run(&Ctx::new(global)?, &args).await,
         Command::Key(args) => key::run(&Ctx::new(global)?, &args).await,
         Command::Unlock(args) => unlock::run(&Ctx::new(global)?, &args).await,
     }

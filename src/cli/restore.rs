@@ -84,6 +84,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
         target: target.clone(),
         includes: args.includes.clone(),
         excludes: args.excludes.clone(),
+        paths: None,
         overwrite: args.overwrite.into(),
         owner: args.owner.unwrap_or_else(|| rustix::process::geteuid().is_root()),
     };

@@ -37,6 +37,7 @@ pub fn to_json(e: &SnapshotEntry) -> Value {
         "program": s.program,
         "incomplete": s.incomplete,
         "summary": s.summary,
+        "original": s.original.map(|p| p.to_hex()),
     })
 }
 
