@@ -59,7 +59,13 @@ fn require(bin: &str, install: &str) -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports (the listeners are held together, so they cannot coincide).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -117,15 +123,30 @@ impl Server {
             dir,
         };
         s.wait_for_port(port);
-        s.wait_for_s3(|c| c.create_bucket().bucket("s3bk-test").send()).await;
+        if let Err(e) = s.wait_for_s3(|c| c.create_bucket().bucket("s3bk-test").send()).await {
+            panic!("{e}");
+        }
         s
     }
 
     /// Starts a single-node Garage with a default key and bucket.
     pub async fn garage() -> Self {
+        // A port taken by another test's server between choosing and binding it shows up as a
+        // server that never answers: start afresh on other ports.
+        let mut why = String::new();
+        for _ in 0..3 {
+            match Self::start_garage().await {
+                Ok(s) => return s,
+                Err(e) => why = e,
+            }
+        }
+        panic!("{why}");
+    }
+
+    async fn start_garage() -> Result<Self, String> {
         let bin = require("garage", "cargo install garage --locked");
         let dir = tempfile::tempdir().unwrap();
-        let (rpc, s3) = (free_port(), free_port());
+        let [rpc, s3] = free_ports::<2>();
         let d = dir.path();
         let conf = d.join("garage.toml");
         std::fs::write(
@@ -168,12 +189,12 @@ impl Server {
         };
         s.wait_for_port(s3);
         // The layout and the default bucket appear shortly after the port opens.
-        s.wait_for_s3(|c| c.head_bucket().bucket("s3bk-test").send()).await;
-        s
+        s.wait_for_s3(|c| c.head_bucket().bucket("s3bk-test").send()).await?;
+        Ok(s)
     }
 
     /// Retries `op` until it succeeds (the server is ready) or 60 s pass.
-    async fn wait_for_s3<F, Fut, T, E>(&mut self, op: F)
+    async fn wait_for_s3<F, Fut, T, E>(&mut self, op: F) -> Result<(), String>
     where
         F: Fn(aws_sdk_s3::Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
@@ -183,7 +204,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match op(client.clone()).await {
-                Ok(_) => return,
+                Ok(_) => return Ok(()),
                 Err(e) => {
                     if let Ok(Some(status)) = self.child.try_wait() {
                         panic!(
@@ -192,7 +213,13 @@ impl Server {
                             log_tail(&self.dir.path().join("server.log"))
                         );
                     }
-                    assert!(Instant::now() < deadline, "{:?} not ready within 60 s: {e:?}", self.kind);
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "{:?} not ready within 60 s: {e:?}\n{}",
+                            self.kind,
+                            log_tail(&self.dir.path().join("server.log"))
+                        ));
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
