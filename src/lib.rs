@@ -24,6 +24,7 @@ pub mod keyfile;
 pub mod kms;
 pub mod pack;
 pub mod progress;
+pub mod prune;
 pub mod repo;
 pub mod restorer;
 pub mod snapshot;
