@@ -42,6 +42,14 @@ pub enum Error {
     /// The message says what to fix.
     #[error("KMS: {0}")]
     Kms(String),
+    /// The local clock is too far from the server's for time-based maintenance to be safe.
+    #[error(
+        "the local clock differs from the storage server's by {seconds} s (more than 5 minutes); fix the clock (NTP) before running maintenance"
+    )]
+    ClockSkew {
+        /// The measured difference.
+        seconds: u64,
+    },
     /// The repository is locked by a conflicting operation.
     #[error("repository is locked: {0}")]
     Locked(String),

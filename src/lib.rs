@@ -22,6 +22,7 @@ pub mod id;
 pub mod index;
 pub mod keyfile;
 pub mod kms;
+pub mod lease;
 pub mod pack;
 pub mod progress;
 pub mod prune;

@@ -190,7 +190,7 @@ impl std::fmt::Debug for Repository {
 }
 
 /// Seals a file body: `flag (0 raw, 1 zstd) || raw_len (u32 LE) || payload`.
-fn seal_file(keys: &Keys, plain: &[u8], level: i32) -> Vec<u8> {
+pub(crate) fn seal_file(keys: &Keys, plain: &[u8], level: i32) -> Vec<u8> {
     let mut body = Vec::with_capacity(plain.len() / 2 + 5);
     match compress::compress(plain, level) {
         Some(c) => {
@@ -207,7 +207,7 @@ fn seal_file(keys: &Keys, plain: &[u8], level: i32) -> Vec<u8> {
     keys.seal(&body)
 }
 
-fn open_file(keys: &Keys, stored: &[u8], what: &str) -> Result<Vec<u8>> {
+pub(crate) fn open_file(keys: &Keys, stored: &[u8], what: &str) -> Result<Vec<u8>> {
     let body = keys.open(stored).map_err(|e| Error::corrupt(what, e.to_string()))?;
     if body.len() < 5 {
         return Err(Error::corrupt(what, "truncated body"));

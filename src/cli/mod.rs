@@ -23,6 +23,7 @@ pub mod progress;
 pub mod prune;
 pub mod restore;
 pub mod snapshots;
+pub mod unlock;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -243,6 +244,8 @@ pub enum Command {
     Verify(verify::Args),
     /// Manage keys: list, add, remove, re-wrap under another KMS key, rotate the data key
     Key(key::Args),
+    /// Clear stale maintenance leases left by a killed prune or repair
+    Unlock(unlock::Args),
     /// Print a shell completion script
     Completions(completions::Args),
     /// Print or write manual pages
@@ -266,6 +269,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Prune(args) => prune::run(&Ctx::new(global)?, &args).await,
         Command::Verify(args) => verify::run(&Ctx::new(global)?, &args).await,
         Command::Key(args) => key::run(&Ctx::new(global)?, &args).await,
+        Command::Unlock(args) => unlock::run(&Ctx::new(global)?, &args).await,
     }
 }
 
