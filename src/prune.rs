@@ -42,33 +42,7 @@ use crate::progress::Progress;
 use crate::repo::{Repository, decode_blob_with, list_ids};
 use crate::tree::{Extent, NodeKind, Tree};
 
-use self::lease::Lease;
-
-/// Placeholder for `crate::lease` (being written on main): same API, no behaviour.
-mod lease {
-    use crate::error::Result;
-    use crate::repo::Repository;
-
-    /// The maintenance lease (format §11.2).
-    pub struct Lease;
-
-    impl Lease {
-        /// Takes the lease for `operation`.
-        pub async fn acquire(_repo: &Repository, _operation: &str) -> Result<Lease> {
-            Ok(Lease)
-        }
-
-        /// Whether the lease still holds; call before every deletion.
-        pub fn check(&self) -> Result<()> {
-            Ok(())
-        }
-
-        /// Gives the lease back.
-        pub async fn release(self) -> Result<()> {
-            Ok(())
-        }
-    }
-}
+use crate::lease::Lease;
 
 /// How long after `not_before` an executed plan is kept before prune deletes it.
 pub const PLAN_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -542,6 +516,9 @@ impl Run<'_> {
                 // Every kept pack, then the new ones; the last file supersedes all read.
                 let written = self.write_index(&live, &mut packs, repacked, supersede.clone()).await?;
                 m.index_files_written += written;
+                if let Some(lease) = self.lease {
+                    lease.check()?;
+                }
                 let plan = Plan {
                     created: now,
                     not_before: now.saturating_add(self.opts.grace.as_secs()),

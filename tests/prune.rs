@@ -74,16 +74,24 @@ async fn ids(dir: &Path, tpe: FileType) -> HashSet<Id> {
     LocalBackend::new(dir).list(tpe).await.unwrap().into_iter().map(|f| f.handle.name.parse().unwrap()).collect()
 }
 
-/// Every file under the repository with its size and mtime.
+/// Every file under the repository with its size and mtime (folders left out: the local
+/// backend's `tmp/` changes with every write, the lease's included).
 fn files(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
     walkdir::WalkDir::new(dir)
         .into_iter()
         .map(|e| e.unwrap())
+        .filter(|e| !e.file_type().is_dir())
         .map(|e| {
             let m = e.metadata().unwrap();
             (e.path().to_path_buf(), (m.len(), m.modified().unwrap()))
         })
         .collect()
+}
+
+/// Like [`files`] without `locks/` (a prune that is not a dry run takes and releases the lease).
+fn files_but_locks(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
+    let locks = dir.join("locks");
+    files(dir).into_iter().filter(|(p, _)| !p.starts_with(&locks)).collect()
 }
 
 async fn forget(dir: &Path, snapshot: &Id) {
@@ -191,11 +199,11 @@ async fn forget_then_prune_twice_removes_unused_packs_and_keeps_the_rest() {
     assert!(v.unindexed_packs.is_empty() && v.condemned_packs.is_empty());
     assert_eq!(v.superseded_index_files, 0);
 
-    // A third run finds nothing and writes nothing.
-    let before = files(&dir);
+    // A third run finds nothing and writes nothing (but the lease).
+    let before = files_but_locks(&dir);
     let r3 = run_prune(&dir, now_opts()).await;
     assert_eq!((r3.executed.packs_deleted, r3.marked.packs_condemned()), (0, 0), "{r3:?}");
-    assert_eq!(files(&dir), before);
+    assert_eq!(files_but_locks(&dir), before);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -279,19 +287,19 @@ async fn refuses_when_a_used_blob_is_in_no_index_file() {
     file.packs.retain(|p| p.blobs.iter().all(|b| b.tpe == BlobType::Tree));
     repo.save_file(FileType::Index, &file.encode()).await.unwrap();
     LocalBackend::new(&dir).delete(&Handle::new(FileType::Index, index[0].to_hex())).await.unwrap();
-    let before = files(&dir);
+    let before = files_but_locks(&dir);
     let err = prune(&open(&dir).await, &now_opts(), Arc::new(NoProgress)).await.unwrap_err().to_string();
     assert!(err.contains("refused") && err.contains("in no index file"), "{err}");
-    assert_eq!(files(&dir), before, "a refused prune wrote something");
+    assert_eq!(files_but_locks(&dir), before, "a refused prune wrote something");
 
     // No index file at all: the root tree is missing.
     for id in ids(&dir, FileType::Index).await {
         LocalBackend::new(&dir).delete(&Handle::new(FileType::Index, id.to_hex())).await.unwrap();
     }
-    let before = files(&dir);
+    let before = files_but_locks(&dir);
     let err = prune(&open(&dir).await, &now_opts(), Arc::new(NoProgress)).await.unwrap_err().to_string();
     assert!(err.contains("refused") && err.contains("tree"), "{err}");
-    assert_eq!(files(&dir), before);
+    assert_eq!(files_but_locks(&dir), before);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -383,4 +391,21 @@ async fn verify_ignores_superseded_index_files() {
     let r = run_prune(&dir, PruneOptions::default()).await;
     assert_eq!((r.executed.plans_due, r.executed.plans_pending), (0, 1));
     assert_eq!(r.marked.packs_condemned(), 0, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_lease_stops_prune_but_not_a_dry_run() {
+    let t = Two::new(None).await;
+    let dir = t.dir();
+    forget(&dir, &t.b).await;
+    let holder = open(&dir).await;
+    let lease = s3bk::lease::Lease::acquire(&holder, "test").await.unwrap();
+    let before = ids(&dir, FileType::Deletion).await;
+    let err = prune(&open(&dir).await, &now_opts(), Arc::new(NoProgress)).await.unwrap_err();
+    assert!(matches!(err, s3bk::error::Error::Locked(_)), "{err}");
+    assert_eq!(ids(&dir, FileType::Deletion).await, before);
+    let r = run_prune(&dir, dry()).await;
+    assert_eq!(r.marked.packs_unused, t.b_packs.len() as u64);
+    lease.release().await.unwrap();
+    assert!(run_prune(&dir, now_opts()).await.marked.plan.is_some());
 }
