@@ -39,7 +39,7 @@ pub struct PruneArgs {
         new packs, go into a new deletion plan. Nothing is deleted in the run that finds it \
         unused: run prune again after the grace period (a daily timer does this).\n\n\
         Prune refuses to run when a snapshot uses a blob that no index file lists (run `s3bk \
-        verify`). Memory: about 8 bytes per used blob (16 at most while collecting them), plus \
+        verify`). Memory: about 12 bytes per used blob (16 at most while collecting them), plus \
         about 90 per tree blob and 100 per pack; ten million blobs need a few hundred MB.",
     after_help = "Examples:\n  s3bk prune --dry-run           # show the plan, write nothing\n  \
         s3bk prune                     # execute due plans, write a new one\n  \
