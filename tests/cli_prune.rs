@@ -100,6 +100,12 @@ fn forget_prune_then_prune_removes_forgotten_data_and_the_rest_restores() {
     assert!(condemned >= 2, "the forgotten noise and tree packs: {out}");
     assert!(marked["plan"].is_string(), "{out}");
     assert!(e.packs() >= packs_before, "marking deletes nothing");
+    // Between the runs verify is clean and tells condemned packs apart.
+    e.cmd()
+        .arg("verify")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(format!("{condemned} packs are condemned by a deletion plan")));
 
     // prune --dry-run: the due plan and what executing it would delete; nothing changes.
     let before = e.files(true);

@@ -112,7 +112,8 @@ fn print_human(r: &PruneReport) -> anyhow::Result<()> {
         bytes(r.bytes)
     )?;
     let e = &r.executed;
-    if e.plans_due > 0 {
+    // Executed plans stay for 30 days; one with nothing left to do is not worth a line.
+    if e.packs_deleted + e.packs_recovered + e.index_files_deleted > 0 {
         writeln!(
             out,
             "{} {} due deletion plan(s): {} {} packs ({}), kept {} packs a backup indexed since, recovered {} \
