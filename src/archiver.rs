@@ -285,7 +285,10 @@ pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn P
     let (root, packs) = (root?, packs?);
 
     if !opts.dry_run {
+        // Format §11.4: a prune may have marked packs since the index was loaded.
+        crate::plancheck::check_new_packs(&crate::plancheck::packs_in_reach(repo).await?, &packs)?;
         repo.save_index(packs).await?;
+        crate::plancheck::check_snapshot(repo, &root, &crate::plancheck::packs_in_reach(repo).await?).await?;
     }
     let s = &shared.stats;
     let skipped = std::mem::take(&mut *shared.skipped.lock().unwrap_or_else(|p| p.into_inner()));

@@ -50,6 +50,11 @@ pub enum Error {
         /// The measured difference.
         seconds: u64,
     },
+    /// A prune marked data this backup relies on while it ran; no snapshot was written.
+    #[error(
+        "{0}; no snapshot was written. Run the backup again: unchanged files whose data is still indexed are not re-read"
+    )]
+    PruneOverlap(String),
     /// The repository is locked by a conflicting operation.
     #[error("repository is locked: {0}")]
     Locked(String),

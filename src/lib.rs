@@ -24,6 +24,7 @@ pub mod keyfile;
 pub mod kms;
 pub mod lease;
 pub mod pack;
+pub mod plancheck;
 pub mod progress;
 pub mod prune;
 pub mod repo;

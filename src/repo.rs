@@ -181,6 +181,19 @@ pub struct Repository {
     create_only: bool,
     /// Tree packs fetched whole, for reading directories.
     tree_packs: Arc<TreePacks>,
+    /// When the index was loaded, and the deletion plans present just before.
+    index_loaded: Option<IndexLoad>,
+}
+
+/// When [`Repository::load_index`] ran and which deletion plans it saw (format §11.4).
+#[derive(Clone, Debug)]
+pub struct IndexLoad {
+    /// The time the plans were listed, just before the index files (wall clock).
+    pub at: std::time::SystemTime,
+    /// The same moment by the monotonic clock.
+    pub at_instant: std::time::Instant,
+    /// The plans present then; their packs are already absent from the loaded index.
+    pub plans: HashSet<Id>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -304,6 +317,7 @@ impl Repository {
             index: Arc::new(BlobIndex::open(None)?),
             create_only,
             tree_packs: Arc::default(),
+            index_loaded: None,
         })
     }
 
@@ -533,6 +547,11 @@ impl Repository {
     /// (prune), it is rebuilt from the live files.
     pub async fn load_index(&mut self, cache_dir: Option<&Path>) -> Result<()> {
         self.attach_cache(cache_dir)?;
+        // Plans first: a plan listed now was written after the index files that leave its packs
+        // out (format §11.3), so the index read below cannot lead a backup to rely on them.
+        let (at, at_instant) = (std::time::SystemTime::now(), std::time::Instant::now());
+        let plans = list_ids(&*self.backend, FileType::Deletion).await?;
+        self.index_loaded = Some(IndexLoad { at, at_instant, plans });
         let index = self.index.clone();
         let mut superseded = index.superseded()?;
         // A second round runs only when a new file supersedes one absorbed in the first.
@@ -574,6 +593,12 @@ impl Repository {
         Err(Error::Invalid(
             "the repository's index kept changing while it was read (a prune running?); try again".into(),
         ))
+    }
+
+    /// When the index was loaded and the deletion plans seen then; `None` before
+    /// [`Self::load_index`].
+    pub fn index_loaded(&self) -> Option<&IndexLoad> {
+        self.index_loaded.as_ref()
     }
 
     /// Uses the local cache under `cache_dir` (`<dir>/<repo id>/index.sqlite`), or an empty

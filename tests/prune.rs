@@ -308,14 +308,21 @@ async fn condemned_pack_used_by_a_later_snapshot_is_recovered() {
     let dir = t.dir();
     // A backup that loaded the index before the plan was written.
     let stale = open_loaded(&dir, None).await;
+    let b_snapshot = stale.load_snapshot(&t.b).await.unwrap();
     forget(&dir, &t.b).await;
     let r1 = run_prune(&dir, now_opts()).await;
     assert_eq!(r1.marked.packs_unused, t.b_packs.len() as u64);
 
-    // It backs `b` up again: every blob is deduplicated against packs the plan condemns.
+    // It backs `b` up again: every blob is deduplicated against packs the plan condemns, and
+    // the backup's own check (format §11.4) refuses to write the snapshot.
     let before = ids(&dir, FileType::Pack).await;
-    let again = backup_of(&stale, &t.src("b")).await;
+    let opts = BackupOptions { paths: vec![t.src("b")], ..BackupOptions::default() };
+    let refused = backup(&stale, &opts, Arc::new(NoProgress)).await.unwrap_err();
+    assert!(matches!(refused, s3bk::error::Error::PruneOverlap(_)), "{refused}");
     assert_eq!(ids(&dir, FileType::Pack).await, before, "the stale backup wrote no pack");
+    // A snapshot written anyway (a backup without that check, or one whose clock let it pass)
+    // references only blobs in condemned packs.
+    let again = stale.save_snapshot(&b_snapshot).await.unwrap();
 
     let r2 = run_prune(&dir, now_opts()).await;
     assert_eq!(r2.executed.plans_due, 1);

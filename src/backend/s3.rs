@@ -383,6 +383,10 @@ impl S3Backend {
     }
 }
 
+/// The largest buffer a GET reserves up front from the announced length (larger objects grow it
+/// as bytes arrive): a pack run is at most 16 MiB plus gaps.
+const MAX_PREALLOCATION: u64 = 64 << 20;
+
 #[async_trait]
 impl Backend for S3Backend {
     fn location(&self) -> String {
@@ -448,12 +452,21 @@ impl Backend for S3Backend {
         }
         let out = req.send().await.map_err(|e| self.error(e, Some(h), "reading"))?;
         let total = out.content_range().and_then(|cr| cr.rsplit_once('/')).and_then(|(_, n)| n.parse::<u64>().ok());
-        let data = out
-            .body
-            .collect()
+        // Read straight into one buffer of the announced size: collecting the body's segments
+        // and then joining them would hold every byte twice (restore keeps up to 128 MiB in
+        // flight). The announcement is only a hint, capped, so a lying server cannot make us
+        // allocate more than it sends.
+        let announced = out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        let mut data = Vec::with_capacity(announced.min(MAX_PREALLOCATION) as usize);
+        let mut body = out.body;
+        while let Some(chunk) = body
+            .try_next()
             .await
-            .map_err(|e| BackendError::Transient { context: format!("reading {}", self.url(h)), source: e.into() })?;
-        let data = data.into_bytes();
+            .map_err(|e| BackendError::Transient { context: format!("reading {}", self.url(h)), source: e.into() })?
+        {
+            data.extend_from_slice(&chunk);
+        }
+        let data = Bytes::from(data);
         if let Some(r) = &range {
             // S3 answers a range running past the end with the part that exists.
             if data.len() as u64 != r.end - r.start {
