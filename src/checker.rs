@@ -9,6 +9,10 @@
 //! every blob in it (MAC, decompression, keyed id). Damage is collected as [`Problem`]s; only a
 //! failure to run at all (a LIST that fails) is an error.
 //!
+//! Index files that another listed index file supersedes (format §11.1: prune's compaction)
+//! are ignored, as every reader ignores them; packs a deletion plan condemns are reported apart
+//! from other unindexed packs (`condemned_packs`), as neither is a problem.
+//!
 //! Listing order matters with concurrent backups (format §11): snapshots are listed before index
 //! files, and index files before packs, so every snapshot seen has its index files seen, and
 //! every indexed pack is in the pack listing. A backup finishing mid-run cannot cause a false
@@ -259,6 +263,14 @@ pub enum Problem {
         /// Why.
         error: String,
     },
+    /// A deletion plan does not load or decode.
+    PlanUnreadable {
+        /// The plan.
+        #[serde(serialize_with = "hex")]
+        plan: Id,
+        /// Why.
+        error: String,
+    },
     /// A snapshot file does not load or decode.
     SnapshotUnreadable {
         /// The snapshot.
@@ -339,6 +351,7 @@ impl fmt::Display for Problem {
                 write!(f, "pack {pack}: its header disagrees with the index: {detail}")
             }
             Self::BlobCorrupt { pack, blob, error } => write!(f, "blob {blob} in pack {pack} is corrupt: {error}"),
+            Self::PlanUnreadable { plan, error } => write!(f, "deletion plan {plan} is unreadable: {error}"),
             Self::SnapshotUnreadable { snapshot, error } => write!(f, "snapshot {snapshot} is unreadable: {error}"),
             Self::TreeMissing { tree, at } => write!(f, "tree {tree} ({at}) is not in the index"),
             Self::TreeUnreadable { tree, pack, at, error } => {
@@ -364,8 +377,14 @@ pub struct Report {
     /// problem by itself (prune removes them); if blobs are missing, they may be in these.
     #[serde(serialize_with = "hex_list")]
     pub unindexed_packs: Vec<Id>,
-    /// Index files read.
+    /// Packs no index file lists that a deletion plan condemns (prune deletes them when the plan
+    /// is due). Not a problem.
+    #[serde(serialize_with = "hex_list")]
+    pub condemned_packs: Vec<Id>,
+    /// Live index files read.
     pub index_files: u64,
+    /// Index files ignored because a listed file supersedes them (format §11.1).
+    pub superseded_index_files: u64,
     /// Snapshots read.
     pub snapshots: u64,
     /// Distinct trees walked.
@@ -453,54 +472,21 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions, progress: Arc<dyn P
     let index_ids = list_ids(&*backend, FileType::Index).await?;
     let pack_sizes: HashMap<Id, u64> = list_ids(&*backend, FileType::Pack).await?.into_iter().collect();
 
-    // Index files, loaded straight from the backend.
+    // Index files, loaded straight from the backend. Files that another listed file supersedes
+    // (format §11.1) are ignored; they are known only once all are read, so when there are any
+    // (between a prune's marking and its execution) the live files are read again.
     progress.current("index files");
-    progress.add_total(index_ids.len() as u64, index_ids.iter().map(|(_, s)| s).sum());
-    let mut packs: HashMap<Id, PackInfo> = HashMap::new();
-    let mut data_blobs: HashSet<Id> = HashSet::new();
-    let mut tree_blobs: HashMap<Id, Location> = HashMap::new();
-    let mut files = futures::stream::iter(index_ids)
-        .map(|(id, size)| async move {
-            let loaded = repo.load_file(FileType::Index, &id).await.and_then(|plain| IndexFile::decode(&plain));
-            (id, size, loaded)
-        })
-        .buffer_unordered(conns);
-    while let Some((index, size, loaded)) = files.next().await {
-        progress.advance(1, size);
-        let file = match loaded {
-            Ok(f) => f,
-            Err(e) => {
-                report.problems.push(Problem::IndexUnreadable { index, error: e.to_string() });
-                continue;
-            }
-        };
-        report.index_files += 1;
-        for p in &file.packs {
-            let info = PackInfo::new(index, &p.blobs);
-            match packs.get(&p.id) {
-                // The same listing twice (a compacted copy) is fine.
-                Some(seen) if seen.fingerprint == info.fingerprint => {}
-                Some(seen) => {
-                    report.problems.push(Problem::IndexConflict { pack: p.id, first: seen.index, second: index })
-                }
-                None => {
-                    packs.insert(p.id, info);
-                }
-            }
-            for b in &p.blobs {
-                match b.tpe {
-                    BlobType::Data => {
-                        data_blobs.insert(b.id);
-                    }
-                    // A blob in several packs (concurrent writers) is fine; any copy will do.
-                    BlobType::Tree => {
-                        tree_blobs.entry(b.id).or_insert(Location { pack: p.id, entry: *b });
-                    }
-                }
-            }
-        }
+    let listed: HashSet<Id> = index_ids.iter().map(|(id, _)| *id).collect();
+    let mut read = read_index(repo, &index_ids, &HashSet::new(), &*progress, conns).await;
+    let superseded: HashSet<Id> = read.supersedes.intersection(&listed).copied().collect();
+    if !superseded.is_empty() {
+        tracing::info!("{} index files are superseded; reading the live ones again", superseded.len());
+        read = read_index(repo, &index_ids, &superseded, &*progress, conns).await;
     }
-    drop(files);
+    let IndexRead { packs, data_blobs, tree_blobs, problems, files, .. } = read;
+    report.problems.extend(problems);
+    report.index_files = files;
+    report.superseded_index_files = superseded.len() as u64;
     report.packs = packs.len() as u64;
     report.blobs = (data_blobs.len() + tree_blobs.len()) as u64;
 
@@ -516,8 +502,25 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions, progress: Arc<dyn P
             Some(_) => {}
         }
     }
-    report.unindexed_packs = pack_sizes.keys().filter(|id| !packs.contains_key(id)).copied().collect();
+    // Packs a deletion plan lists are expected to be unindexed (prune condemned them).
+    let mut condemned: HashSet<Id> = HashSet::new();
+    for (id, _) in list_ids(&*backend, FileType::Deletion).await? {
+        match crate::prune::load_plan(repo, &id).await {
+            Ok(plan) => condemned.extend(plan.packs.iter().map(|p| p.id)),
+            // Deleted since the listing (a prune ended it): not damage.
+            Err(Error::Backend(e)) if e.is_not_found() => {}
+            Err(e) => report.problems.push(Problem::PlanUnreadable { plan: id, error: e.to_string() }),
+        }
+    }
+    for id in pack_sizes.keys().filter(|id| !packs.contains_key(id)) {
+        if condemned.contains(id) {
+            report.condemned_packs.push(*id);
+        } else {
+            report.unindexed_packs.push(*id);
+        }
+    }
     report.unindexed_packs.sort();
+    report.condemned_packs.sort();
 
     // Snapshots, each loaded and checked on its own so one bad file does not hide the others.
     progress.current("snapshots");
@@ -595,6 +598,81 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions, progress: Arc<dyn P
         report.duration
     );
     Ok(report)
+}
+
+/// What the index files say.
+struct IndexRead {
+    packs: HashMap<Id, PackInfo>,
+    data_blobs: HashSet<Id>,
+    tree_blobs: HashMap<Id, Location>,
+    problems: Vec<Problem>,
+    /// Files read.
+    files: u64,
+    /// Every id some file read supersedes.
+    supersedes: HashSet<Id>,
+}
+
+/// Reads the index files `ids` except `skip`, straight from the backend.
+async fn read_index(
+    repo: &Repository,
+    ids: &[(Id, u64)],
+    skip: &HashSet<Id>,
+    progress: &dyn Progress,
+    conns: usize,
+) -> IndexRead {
+    let ids: Vec<(Id, u64)> = ids.iter().filter(|(id, _)| !skip.contains(id)).copied().collect();
+    progress.add_total(ids.len() as u64, ids.iter().map(|(_, s)| s).sum());
+    let mut out = IndexRead {
+        packs: HashMap::new(),
+        data_blobs: HashSet::new(),
+        tree_blobs: HashMap::new(),
+        problems: Vec::new(),
+        files: 0,
+        supersedes: HashSet::new(),
+    };
+    let mut files = futures::stream::iter(ids)
+        .map(|(id, size)| async move {
+            let loaded = repo.load_file(FileType::Index, &id).await.and_then(|plain| IndexFile::decode(&plain));
+            (id, size, loaded)
+        })
+        .buffer_unordered(conns);
+    while let Some((index, size, loaded)) = files.next().await {
+        progress.advance(1, size);
+        let file = match loaded {
+            Ok(f) => f,
+            Err(e) => {
+                out.problems.push(Problem::IndexUnreadable { index, error: e.to_string() });
+                continue;
+            }
+        };
+        out.files += 1;
+        out.supersedes.extend(file.supersedes.iter().filter(|s| **s != index).copied());
+        for p in &file.packs {
+            let info = PackInfo::new(index, &p.blobs);
+            match out.packs.get(&p.id) {
+                // The same listing twice (a compacted copy) is fine.
+                Some(seen) if seen.fingerprint == info.fingerprint => {}
+                Some(seen) => {
+                    out.problems.push(Problem::IndexConflict { pack: p.id, first: seen.index, second: index })
+                }
+                None => {
+                    out.packs.insert(p.id, info);
+                }
+            }
+            for b in &p.blobs {
+                match b.tpe {
+                    BlobType::Data => {
+                        out.data_blobs.insert(b.id);
+                    }
+                    // A blob in several packs (concurrent writers) is fine; any copy will do.
+                    BlobType::Tree => {
+                        out.tree_blobs.entry(b.id).or_insert(Location { pack: p.id, entry: *b });
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The tree walk's shared, read-only state.

@@ -26,6 +26,7 @@ pub mod lease;
 pub mod pack;
 pub mod plancheck;
 pub mod progress;
+pub mod prune;
 pub mod repair;
 pub mod repo;
 pub mod restorer;

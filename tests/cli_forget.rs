@@ -1,6 +1,7 @@
 //! End-to-end tests of `s3bk forget`: dry runs remove nothing, the policy removes exactly the
 //! snapshots it does not keep and the kept ones still restore, grouping and filters, the
-//! profile's retention, and the refusals (no policy, `--prune`, spans in minutes).
+//! profile's retention, and the refusals (no policy, spans in minutes). `--prune` is tested in
+//! `cli_prune.rs`.
 //!
 //! Every command runs with HOME and the XDG folders in a temp dir and without inherited
 //! `S3BK_*` variables, so the real home is never touched.
@@ -172,12 +173,6 @@ fn refusals_leave_every_snapshot() {
         .stderr(predicate::str::contains("no retention policy").and(predicate::str::contains("--keep-within 60d")));
     // Zero counts are no policy either.
     e.cmd().args(["forget", "--keep-last", "0"]).assert().code(1).stderr(predicate::str::contains("--keep-within 60d"));
-    // --prune exists but is refused until prune does.
-    e.cmd()
-        .args(["forget", "--keep-last", "1", "--prune"])
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("prune is not available yet; run forget without --prune"));
     // `6m` would be six minutes: refused as a usage error.
     e.cmd()
         .args(["forget", "--keep-within", "6m"])

@@ -1,8 +1,8 @@
 //! `s3bk forget`: applies a retention policy (from `--keep-*` options, else the profile's
 //! `retention`) to the snapshots, prints the plan per group, then deletes the snapshot files it
-//! does not keep, one by one. It never touches packs or index files: the space is reclaimed by
-//! `prune`, which does not exist yet, so `--prune` is refused. A failed deletion is reported and
-//! the others still run; the exit code is then 1.
+//! does not keep, one by one. It never touches packs or index files itself: the space is
+//! reclaimed by `prune`, which `--prune` runs afterwards (see `cli/prune.rs`). A failed deletion
+//! is reported and the others still run (prune is then skipped); the exit code is then 1.
 
 use std::io::Write;
 
@@ -19,9 +19,6 @@ use super::exit;
 use super::filter::{FilterArgs, split_tags};
 use super::format::{local_time, print_json, rfc3339};
 
-/// The message for `--prune` until prune exists.
-const NO_PRUNE: &str = "prune is not available yet; run forget without --prune";
-
 /// Arguments of `forget`.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -31,9 +28,11 @@ const NO_PRUNE: &str = "prune is not available yet; run forget without --prune";
         otherwise. The rules are restic's. With no --keep-* option, the profile's `retention` \
         from the config file is used; with neither, nothing is done.\n\n\
         Only snapshot files are deleted; the data they referred to stays in the repository until \
-        prune, which is not available yet, removes it.",
+        prune removes it: pass --prune to run it afterwards (with --json, the output is then one \
+        object {\"forget\": [groups], \"prune\": {report}}).",
     after_help = "Examples:\n  s3bk forget --keep-within 60d --dry-run    # show the plan, remove nothing\n  \
-        s3bk forget --keep-within 60d              # keep everything from the last 60 days"
+        s3bk forget --keep-within 60d              # keep everything from the last 60 days\n  \
+        s3bk forget --keep-within 60d --prune      # and remove the data only the others used"
 )]
 pub struct Args {
     /// Keep the newest N snapshots
@@ -94,10 +93,14 @@ pub struct Args {
     #[arg(long)]
     pub unsafe_allow_remove_all: bool,
 
-    /// Also remove the data only forgotten snapshots used: NOT AVAILABLE YET (prune does not
-    /// exist), so this is refused; run forget without it
+    /// Then run prune: mark the data only forgotten snapshots used (deleted by a prune after
+    /// --grace), and execute due deletion plans. With --dry-run, show prune's plan too
     #[arg(long)]
     pub prune: bool,
+
+    /// Options for --prune.
+    #[command(flatten)]
+    pub prune_args: super::prune::PruneArgs,
 }
 
 fn parse_span(s: &str) -> Result<Span, String> {
@@ -173,9 +176,6 @@ fn table<'a>(rows: impl Iterator<Item = (&'a SnapshotEntry, Option<String>)>) ->
 
 /// Runs `forget`.
 pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
-    if args.prune {
-        bail!(NO_PRUNE);
-    }
     let policy = choose_policy(ctx, args)?;
     let opened = ctx.open(false).await?;
     let repo = &opened.repo;
@@ -228,6 +228,17 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
         }
     }
 
+    let pruned = if args.prune && failures.is_empty() {
+        let mut opts = args.prune_args.options(args.dry_run);
+        if args.dry_run {
+            // Prune's plan as it would be once the snapshots are gone.
+            opts.assume_removed = groups.iter().flat_map(|g| g.remove.iter().map(|e| e.id)).collect();
+        }
+        Some(super::prune::run_prune(ctx, &opts).await?)
+    } else {
+        None
+    };
+
     if ctx.global.json {
         let failed = |id: &str| failures.iter().find(|(f, _)| f == id).map(|(_, m)| m.clone());
         let out: Vec<Value> = groups
@@ -255,7 +266,10 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
                 })
             })
             .collect();
-        print_json(&out)?;
+        match &pruned {
+            Some(p) => print_json(&json!({ "forget": out, "prune": p }))?,
+            None => print_json(&out)?,
+        }
     }
 
     let planned: usize = groups.iter().map(|g| g.remove.len()).sum();
@@ -263,13 +277,18 @@ pub async fn run(ctx: &Ctx, args: &Args) -> anyhow::Result<u8> {
         ctx.note(format_args!("dry run: {planned} snapshots would be removed; nothing was removed"));
     } else if planned == 0 {
         ctx.note("no snapshots to remove");
+    } else if pruned.is_some() {
+        ctx.note(format_args!("removed {removed} of {planned} snapshots"));
     } else {
         ctx.note(format_args!(
-            "removed {removed} of {planned} snapshots; their data stays in the repository until prune \
-             (not available yet) removes it"
+            "removed {removed} of {planned} snapshots; their data stays in the repository until `s3bk prune` \
+             removes it"
         ));
     }
     if !failures.is_empty() {
+        if args.prune {
+            eprintln!("error: prune was not run because snapshots could not be removed");
+        }
         eprintln!("error: {} of {planned} snapshots could not be removed (listed above)", failures.len());
         return Ok(exit::ERROR);
     }

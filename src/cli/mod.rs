@@ -20,6 +20,7 @@ pub mod ls;
 pub mod man;
 pub mod password;
 pub mod progress;
+pub mod prune;
 pub mod repair;
 pub mod restore;
 pub mod snapshots;
@@ -235,8 +236,10 @@ pub enum Command {
     Diff(diff::Args),
     /// Find files by name across snapshots
     Find(find::Args),
-    /// Remove snapshots by a retention policy (their data stays until prune)
+    /// Remove snapshots by a retention policy (their data stays until prune; see --prune)
     Forget(Box<forget::Args>),
+    /// Remove data no snapshot needs (two-phase: marks now, deletes in a later run)
+    Prune(prune::Args),
     /// Check the repository: every snapshot's data is indexed and stored; with --read-data,
     /// every stored byte is intact
     Verify(verify::Args),
@@ -267,6 +270,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Diff(args) => diff::run(&Ctx::new(global)?, &args).await,
         Command::Find(args) => find::run(&Ctx::new(global)?, &args).await,
         Command::Forget(args) => forget::run(&Ctx::new(global)?, &args).await,
+        Command::Prune(args) => prune::run(&Ctx::new(global)?, &args).await,
         Command::Verify(args) => verify::run(&Ctx::new(global)?, &args).await,
         Command::Repair(args) => repair::run(&Ctx::new(global)?, &args).await,
         Command::Key(args) => key::run(&Ctx::new(global)?, &args).await,

@@ -228,6 +228,16 @@ fn print_human(ctx: &Ctx, r: &Report) -> anyhow::Result<()> {
             )?;
         }
     }
+    if !ctx.global.quiet && !r.condemned_packs.is_empty() {
+        writeln!(
+            out,
+            "note: {} condemned by a deletion plan of prune (deleted when the plan is due); not a problem",
+            match r.condemned_packs.len() {
+                1 => "1 pack is".to_owned(),
+                n => format!("{n} packs are"),
+            }
+        )?;
+    }
     for p in &r.problems {
         writeln!(out, "problem: {p}")?;
     }
