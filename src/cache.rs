@@ -13,14 +13,14 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::IndexFile;
 use crate::pack::BlobEntry;
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// A blob's location: its pack and its entry in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +63,9 @@ impl Conn {
         Ok(&self.conn)
     }
 
+    /// The connection for a write transaction, which must begin IMMEDIATE: a deferred one that
+    /// reads first and then writes fails at once with SQLITE_BUSY (no busy wait) when another
+    /// process wrote in between.
     fn write(&mut self) -> rusqlite::Result<&mut Connection> {
         if self.reads > 0 {
             self.conn.execute_batch("COMMIT")?;
@@ -96,11 +99,15 @@ fn open_conn(path: Option<&Path>) -> Result<Connection, OpenError> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA mmap_size=1073741824;
          CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-         CREATE TABLE IF NOT EXISTS index_files (id BLOB PRIMARY KEY, supersedes BLOB NOT NULL) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS index_files (
+            file INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, supersedes BLOB NOT NULL
+         );
          CREATE TABLE IF NOT EXISTS blobs (
-            id BLOB PRIMARY KEY, pack BLOB NOT NULL, flags INTEGER NOT NULL,
-            offset INTEGER NOT NULL, length INTEGER NOT NULL, raw_len INTEGER NOT NULL
+            id BLOB NOT NULL, file INTEGER NOT NULL, pack BLOB NOT NULL, flags INTEGER NOT NULL,
+            offset INTEGER NOT NULL, length INTEGER NOT NULL, raw_len INTEGER NOT NULL,
+            PRIMARY KEY (id, file)
          ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS blobs_by_file ON blobs(file);
          CREATE TABLE IF NOT EXISTS snapshots (id BLOB PRIMARY KEY, stored BLOB NOT NULL) WITHOUT ROWID;",
     )?;
     let version: Option<i64> =
@@ -164,31 +171,55 @@ impl BlobIndex {
         Ok(out)
     }
 
-    /// Forgets everything (before a rebuild).
-    pub fn clear(&self) -> Result<()> {
-        self.conn().write()?.execute_batch("DELETE FROM blobs; DELETE FROM index_files;")?;
+    /// Forgets the index files `files` and their entries, in one transaction: other processes
+    /// sharing the cache see the index before or after, never a part of it. Absorb a file's
+    /// superseder before dropping it, so no blob is ever missing in between.
+    pub fn drop_index_files(&self, files: &HashSet<Id>) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut guard = self.conn();
+        let tx = guard.write()?.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut find = tx.prepare_cached("SELECT file FROM index_files WHERE id = ?1")?;
+            let mut blobs = tx.prepare_cached("DELETE FROM blobs WHERE file = ?1")?;
+            let mut file = tx.prepare_cached("DELETE FROM index_files WHERE file = ?1")?;
+            for id in files {
+                if let Some(n) = find.query_row([&id.0[..]], |r| r.get::<_, i64>(0)).optional()? {
+                    blobs.execute([n])?;
+                    file.execute([n])?;
+                }
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
-    /// Absorbs the index files `files` (id, content) in one transaction.
+    /// Absorbs the index files `files` (id, content) in one transaction. Each file keeps its own
+    /// entries, so dropping it later (superseded or deleted) leaves every other file's intact.
     pub fn add_index_files(&self, files: &[(Id, IndexFile)]) -> Result<()> {
         let mut guard = self.conn();
-        let tx = guard.write()?.transaction()?;
+        let tx = guard.write()?.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
+            let mut known = tx.prepare_cached("SELECT 1 FROM index_files WHERE id = ?1")?;
+            let mut f = tx.prepare_cached("INSERT INTO index_files(id, supersedes) VALUES (?1, ?2)")?;
             let mut blob = tx.prepare_cached(
-                "INSERT OR IGNORE INTO blobs(id, pack, flags, offset, length, raw_len) VALUES (?1,?2,?3,?4,?5,?6)",
+                "INSERT OR IGNORE INTO blobs(id, file, pack, flags, offset, length, raw_len) \
+                 VALUES (?1,?2,?3,?4,?5,?6,?7)",
             )?;
-            for (_, file) in files {
-                for p in &file.packs {
-                    for b in &p.blobs {
-                        blob.execute(params![&b.id.0[..], &p.id.0[..], b.flags(), b.offset, b.length, b.raw_len])?;
-                    }
-                }
-            }
-            let mut f = tx.prepare_cached("INSERT OR IGNORE INTO index_files(id, supersedes) VALUES (?1, ?2)")?;
             for (id, file) in files {
+                // Another process sharing the cache may have absorbed it meanwhile.
+                if known.exists([&id.0[..]])? {
+                    continue;
+                }
                 let supersedes: Vec<u8> = file.supersedes.iter().flat_map(|s| s.0).collect();
                 f.execute(params![&id.0[..], supersedes])?;
+                let n = tx.last_insert_rowid();
+                for p in &file.packs {
+                    for b in &p.blobs {
+                        blob.execute(params![&b.id.0[..], n, &p.id.0[..], b.flags(), b.offset, b.length, b.raw_len])?;
+                    }
+                }
             }
         }
         tx.commit()?;
@@ -199,7 +230,8 @@ impl BlobIndex {
     pub fn get(&self, id: &Id) -> Result<Option<Location>> {
         let mut guard = self.conn();
         let conn = guard.read()?;
-        let mut stmt = conn.prepare_cached("SELECT pack, flags, offset, length, raw_len FROM blobs WHERE id = ?1")?;
+        let mut stmt =
+            conn.prepare_cached("SELECT pack, flags, offset, length, raw_len FROM blobs WHERE id = ?1 LIMIT 1")?;
         let row = stmt
             .query_row([&id.0[..]], |r| {
                 Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u8>(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -225,8 +257,10 @@ impl BlobIndex {
         let mut guard = self.conn();
         let conn = guard.read()?;
         let count = |tree: u8| -> rusqlite::Result<u64> {
-            conn.query_row("SELECT count(*) FROM blobs WHERE (flags & 1) = ?1", [tree], |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
+            conn.query_row("SELECT count(DISTINCT id) FROM blobs WHERE (flags & 1) = ?1", [tree], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
         };
         Ok((count(0)?, count(1)?))
     }
@@ -235,7 +269,8 @@ impl BlobIndex {
     pub fn for_each(&self, mut f: impl FnMut(Location) -> Result<()>) -> Result<()> {
         let mut guard = self.conn();
         let conn = guard.read()?;
-        let mut stmt = conn.prepare("SELECT id, pack, flags, offset, length, raw_len FROM blobs ORDER BY id")?;
+        let mut stmt =
+            conn.prepare("SELECT id, pack, flags, offset, length, raw_len FROM blobs GROUP BY id ORDER BY id")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let id = Id::from_slice(&r.get::<_, Vec<u8>>(0)?).ok_or_else(|| Error::corrupt("local cache", "bad id"))?;
@@ -264,7 +299,7 @@ impl BlobIndex {
     /// Caches the stored bytes of snapshots, and forgets those not in `keep`.
     pub fn update_snapshots(&self, new: &[(Id, Vec<u8>)], keep: &HashSet<Id>) -> Result<()> {
         let mut guard = self.conn();
-        let tx = guard.write()?.transaction()?;
+        let tx = guard.write()?.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO snapshots(id, stored) VALUES (?1, ?2)")?;
             for (id, stored) in new {
@@ -324,8 +359,9 @@ mod tests {
         assert_eq!(idx.counts().unwrap(), (1, 1));
         assert_eq!(idx.index_files().unwrap(), HashSet::from([Id([5; 32])]));
         assert_eq!(idx.superseded().unwrap(), HashSet::from([Id([7; 32]), Id([8; 32])]));
-        idx.clear().unwrap();
+        idx.drop_index_files(&HashSet::from([Id([5; 32])])).unwrap();
         assert!(idx.get(&Id([2; 32])).unwrap().is_none());
+        assert!(idx.index_files().unwrap().is_empty());
     }
 
     #[test]

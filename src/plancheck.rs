@@ -115,6 +115,13 @@ pub async fn check_snapshot(repo: &Repository, root: &Id, condemned: &HashSet<Id
     Ok(())
 }
 
+/// Whether blob `id` lies in one of `packs`, or is no longer indexed at all: the local cache
+/// is shared with other processes and follows the repository, so a blob the backup found
+/// earlier may since have been dropped with the packs a prune marked.
+fn in_packs(repo: &Repository, id: &Id, packs: &HashSet<Id>) -> Result<bool> {
+    Ok(repo.index().get(id)?.is_none_or(|loc| packs.contains(&loc.pack)))
+}
+
 /// The first blob reachable from `root` (trees and data) that lies in one of `packs`.
 async fn first_blob_in(repo: &Repository, root: &Id, packs: &HashSet<Id>) -> Result<Option<Id>> {
     let mut seen = HashSet::new();
@@ -123,7 +130,7 @@ async fn first_blob_in(repo: &Repository, root: &Id, packs: &HashSet<Id>) -> Res
         if !seen.insert(tree_id) {
             continue;
         }
-        if packs.contains(&repo.locate(&tree_id)?.pack) {
+        if in_packs(repo, &tree_id, packs)? {
             return Ok(Some(tree_id));
         }
         let tree = repo.load_tree(&tree_id).await?;
@@ -132,7 +139,7 @@ async fn first_blob_in(repo: &Repository, root: &Id, packs: &HashSet<Id>) -> Res
             for extent in &node.content {
                 if let Extent::Data(id) = extent
                     && seen.insert(*id)
-                    && packs.contains(&repo.locate(id)?.pack)
+                    && in_packs(repo, id, packs)?
                 {
                     return Ok(Some(*id));
                 }

@@ -424,10 +424,21 @@ impl Run<'_> {
 
         // Snapshots first, then index files, then packs (format §11).
         self.progress.current("snapshots");
+        let snapshots_listed = std::time::SystemTime::now();
         let mut snapshots = self.repo.snapshots().await?;
         snapshots.retain(|s| !self.opts.assume_removed.contains(&s.id));
         report.snapshots = snapshots.len() as u64;
-        let mut listed: Vec<Id> = list_ids(&*backend, FileType::Index).await?.into_iter().collect();
+        let index_listing = backend.list(FileType::Index).await?;
+        // Index files written shortly before the snapshot listing may belong to a backup whose
+        // snapshot comes just after it: their packs are kept and they are not superseded
+        // (format §11.3), so that snapshot's data never leaves the index.
+        let young_since = snapshots_listed - crate::plancheck::margin(self.opts.grace);
+        let young: HashSet<Id> = index_listing
+            .iter()
+            .filter(|f| f.modified.is_some_and(|m| m >= young_since))
+            .filter_map(|f| f.handle.name.parse().ok())
+            .collect();
+        let mut listed: Vec<Id> = index_listing.into_iter().filter_map(|f| f.handle.name.parse().ok()).collect();
         listed.sort();
         let pack_sizes: HashMap<Id, u64> = backend
             .list(FileType::Pack)
@@ -454,7 +465,7 @@ impl Run<'_> {
         tracing::info!("prune: {} used blobs in {} bytes", used.len(), used.heap_bytes());
 
         // Pass 2: per-pack counts.
-        let (mut packs, repack) = self.count(&live, &pack_sizes, &mut used).await?;
+        let (mut packs, repack) = self.count(&live, &young, &pack_sizes, &mut used).await?;
 
         // Blobs no live index file lists may be in packs of a plan: recover those packs.
         let recovered = self.find_recoverable(&plans, &pack_sizes, &packs, plan_trees, &mut used).await?;
@@ -533,7 +544,8 @@ impl Run<'_> {
             m.bytes_unindexed += size;
             condemned.push(PlanPack { id: *id, size: *size });
         }
-        let supersede: Vec<Id> = files.listed.iter().filter(|id| !deleted_index.contains(id)).copied().collect();
+        let supersede: Vec<Id> =
+            files.listed.iter().filter(|id| !deleted_index.contains(id) && !young.contains(id)).copied().collect();
         if condemned.is_empty() {
             tracing::info!("prune: nothing to condemn");
         } else {
@@ -705,11 +717,13 @@ impl Run<'_> {
         Ok((snap, tree))
     }
 
-    /// Pass 2: claims used blobs pack by pack and decides each live-indexed pack's fate. Returns
-    /// the packs, and the used blobs of those to repack.
+    /// Pass 2: claims used blobs pack by pack and decides each live-indexed pack's fate (packs of
+    /// `young` index files are kept whatever they hold). Returns the packs, and the used blobs
+    /// of those to repack.
     async fn count(
         &self,
         live: &[Id],
+        young: &HashSet<Id>,
         pack_sizes: &HashMap<Id, u64>,
         used: &mut UsedSet,
     ) -> Result<(HashMap<Id, PackStat>, HashMap<Id, Vec<BlobEntry>>)> {
@@ -719,8 +733,9 @@ impl Run<'_> {
         let mut repack: HashMap<Id, Vec<BlobEntry>> = HashMap::new();
         let mut missing: HashSet<Id> = HashSet::new();
         let mut stream = self.stream_index(live.to_vec());
-        while let Some((_, _, file)) = stream.try_next().await? {
+        while let Some((_, file_id, file)) = stream.try_next().await? {
             self.progress.advance(1, 0);
+            let protected = young.contains(&file_id);
             for p in file.packs {
                 if packs.contains_key(&p.id) || missing.contains(&p.id) {
                     continue; // listed twice: counted once
@@ -743,7 +758,9 @@ impl Run<'_> {
                         Claim::Unused | Claim::Duplicate => unused_bytes += u64::from(b.length),
                     }
                 }
-                let decision = if used_blobs.is_empty() {
+                let decision = if protected {
+                    Decision::Keep
+                } else if used_blobs.is_empty() {
                     Decision::Unused
                 } else if unused_bytes as f64 > self.opts.max_unused * (used_bytes + unused_bytes) as f64 {
                     repack.insert(p.id, used_blobs);

@@ -543,8 +543,9 @@ impl Repository {
 
     /// Brings the blob index up to date with the repository's live index files (format §11.1:
     /// those no listed file supersedes), using the cache under `cache_dir` when given: only index
-    /// files it has not seen are downloaded. When files it absorbed were removed or superseded
-    /// (prune), it is rebuilt from the live files.
+    /// files it has not seen are downloaded, then files that were removed or superseded are
+    /// dropped from it. Each step is one transaction, so processes sharing the cache never see
+    /// a blob vanish that a live index file lists.
     pub async fn load_index(&mut self, cache_dir: Option<&Path>) -> Result<()> {
         self.attach_cache(cache_dir)?;
         // Plans first: a plan listed now was written after the index files that leave its packs
@@ -552,47 +553,41 @@ impl Repository {
         let (at, at_instant) = (std::time::SystemTime::now(), std::time::Instant::now());
         let plans = list_ids(&*self.backend, FileType::Deletion).await?;
         self.index_loaded = Some(IndexLoad { at, at_instant, plans });
+
         let index = self.index.clone();
+        // Taken before listing: a file another process absorbs after our listing is new, not
+        // deleted, and must not be dropped below.
+        let known = index.index_files()?;
         let mut superseded = index.superseded()?;
-        // A second round runs only when a new file supersedes one absorbed in the first.
-        for _ in 0..3 {
-            let present = list_ids(&*self.backend, FileType::Index).await?;
-            let known = index.index_files()?;
-            if !known.is_subset(&present) || !known.is_disjoint(&superseded) {
-                tracing::info!("index files were removed or superseded since the cache was built; rebuilding it");
-                index.clear()?;
-            }
-            let mut absorbed = index.index_files()?;
-            let missing: Vec<Id> =
-                present.iter().filter(|id| !absorbed.contains(id) && !superseded.contains(id)).copied().collect();
-            let this = &*self;
-            let mut files = futures::stream::iter(missing)
+        let present = list_ids(&*self.backend, FileType::Index).await?;
+        let missing: Vec<Id> =
+            present.iter().filter(|id| !known.contains(id) && !superseded.contains(id)).copied().collect();
+        let this = &*self;
+        let mut files =
+            futures::stream::iter(missing)
                 .map(|id| async move {
                     Ok::<_, Error>((id, IndexFile::decode(&this.load_file(FileType::Index, &id).await?)?))
                 })
                 .buffer_unordered(this.backend.connections().max(1));
-            let mut batch = Vec::new();
-            let mut stale = false;
-            while let Some((id, file)) = files.try_next().await? {
-                if superseded.contains(&id) {
-                    continue; // superseded by a file that arrived earlier in this round
-                }
-                stale |= file.supersedes.iter().any(|s| absorbed.contains(s));
-                superseded.extend(file.supersedes.iter().copied());
-                absorbed.insert(id);
-                batch.push((id, file));
-                if batch.len() >= 64 {
-                    index.add_index_files(&std::mem::take(&mut batch))?;
-                }
+        let mut batch = Vec::new();
+        while let Some((id, file)) = files.try_next().await? {
+            superseded.extend(file.supersedes.iter().copied());
+            if superseded.contains(&id) {
+                continue; // superseded by a file that arrived earlier
             }
-            index.add_index_files(&batch)?;
-            if !stale {
-                return Ok(());
+            batch.push((id, file));
+            if batch.len() >= 64 {
+                index.add_index_files(&std::mem::take(&mut batch))?;
             }
         }
-        Err(Error::Invalid(
-            "the repository's index kept changing while it was read (a prune running?); try again".into(),
-        ))
+        index.add_index_files(&batch)?;
+        let superseded_now = index.index_files()?.into_iter().filter(|id| superseded.contains(id));
+        let stale: HashSet<Id> = known.difference(&present).copied().chain(superseded_now).collect();
+        if !stale.is_empty() {
+            tracing::info!("dropping {} removed or superseded index files from the cache", stale.len());
+            index.drop_index_files(&stale)?;
+        }
+        Ok(())
     }
 
     /// When the index was loaded and the deletion plans seen then; `None` before

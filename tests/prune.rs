@@ -391,7 +391,11 @@ async fn verify_ignores_superseded_index_files() {
     let t = Two::new(None).await;
     let dir = t.dir();
     forget(&dir, &t.b).await;
-    run_prune(&dir, PruneOptions::default()).await;
+    // A grace long enough that the plan stays pending; its index files must be older than the
+    // young-file margin (half the grace) to be superseded.
+    let pending = PruneOptions { grace: Duration::from_secs(20), ..PruneOptions::default() };
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    run_prune(&dir, pending.clone()).await;
     // A prune that stopped after deleting the packs, before the superseded index files: those
     // still list the deleted packs, but the live files do not.
     for p in &t.b_packs {
@@ -400,8 +404,8 @@ async fn verify_ignores_superseded_index_files() {
     let v = assert_clean(&dir).await;
     assert!(v.superseded_index_files > 0);
     assert!(v.condemned_packs.is_empty() && v.unindexed_packs.is_empty());
-    // The plan is not due (24 h): prune keeps it and condemns nothing new.
-    let r = run_prune(&dir, PruneOptions::default()).await;
+    // The plan is not due: prune keeps it and condemns nothing new.
+    let r = run_prune(&dir, pending).await;
     assert_eq!((r.executed.plans_due, r.executed.plans_pending), (0, 1));
     assert_eq!(r.marked.packs_condemned(), 0, "{r:?}");
 }
@@ -421,4 +425,18 @@ async fn a_held_lease_stops_prune_but_not_a_dry_run() {
     assert_eq!(r.marked.packs_unused, t.b_packs.len() as u64);
     lease.release().await.unwrap();
     assert!(run_prune(&dir, now_opts()).await.marked.plan.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn index_files_written_just_before_a_prune_are_left_alone() {
+    // A backup's index files may precede its snapshot by a moment; a prune whose snapshot list
+    // fell in between must keep their packs indexed (format §11.3, young index files).
+    let t = Two::new(None).await;
+    let dir = t.dir();
+    forget(&dir, &t.b).await;
+    let before = ids(&dir, FileType::Index).await;
+    let r = run_prune(&dir, PruneOptions::default()).await;
+    assert_eq!(r.marked.packs_condemned(), 0, "{r:?}");
+    assert_eq!(r.marked.index_files_superseded, 0, "{r:?}");
+    assert_eq!(ids(&dir, FileType::Index).await, before, "nothing written");
 }
