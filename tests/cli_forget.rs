@@ -205,3 +205,39 @@ fn profile_retention_is_used_when_no_option_is_given() {
     e.cmd().arg("forget").assert().success().stderr(predicate::str::contains("retention policy of profile \"p\""));
     assert_eq!(e.listed(), [e.ids[0].clone(), e.ids[2].clone(), e.ids[3].clone(), e.ids[4].clone()]);
 }
+
+#[test]
+fn maintain_forgets_by_the_profile_prunes_and_verifies_in_one_summary() {
+    let e = Env::new();
+    // No policy anywhere: maintain refuses and removes nothing.
+    e.cmd().arg("maintain").assert().failure().stderr(predicate::str::contains("no retention policy"));
+    assert_eq!(e.listed(), e.ids);
+
+    e.write_config("default_profile = \"p\"\n[profiles.p]\nretention = { keep_last = 1 }\n");
+    let dry = e.cmd().args(["maintain", "--dry-run", "--json"]).assert().code(0).get_output().stdout.clone();
+    let dry = json(&dry);
+    assert_eq!(dry["forget"]["removed"], 3, "{dry}");
+    assert_eq!(e.listed(), e.ids, "a dry run removed something");
+
+    let out = e
+        .cmd()
+        .args(["maintain", "--json", "--grace", "0s", "--read-data-subset", "100%"])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let r = json(&out);
+    assert_eq!((r["forget"]["kept"].as_u64(), r["forget"]["removed"].as_u64()), (Some(2), Some(3)), "{r}");
+    assert!(r["prune"]["marked"]["plan"].is_string(), "the forgotten data is marked: {r}");
+    assert_eq!(r["verify"]["problems"], serde_json::json!([]), "{r}");
+    assert_eq!(r["ok"], true);
+    assert_eq!(e.listed(), vec![e.ids[3].clone(), e.ids[4].clone()]);
+
+    // The next day's run executes the plan (grace 0s here) and the kept snapshots restore.
+    let out = e.cmd().args(["maintain", "--json", "--grace", "0s"]).assert().code(0).get_output().stdout.clone();
+    assert!(json(&out)["prune"]["executed"]["packs_deleted"].as_u64().unwrap() > 0);
+    let target = e.path("restored");
+    e.cmd().args(["restore", "--snapshot", &e.ids[3], "--target"]).arg(&target).assert().success();
+    assert_eq!(fs::read_to_string(target.join("src/f.txt")).unwrap(), "v4");
+}

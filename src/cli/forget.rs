@@ -138,6 +138,11 @@ fn choose_policy(ctx: &Ctx, args: &Args) -> anyhow::Result<KeepPolicy> {
     if !from_args.is_empty() {
         return Ok(from_args);
     }
+    profile_policy(ctx)
+}
+
+/// The profile's retention policy, or an error saying how to configure one.
+pub fn profile_policy(ctx: &Ctx) -> anyhow::Result<KeepPolicy> {
     if let Some(p) = &ctx.profile
         && let Some(r) = &p.profile.retention
     {

@@ -17,6 +17,7 @@ pub mod key;
 pub mod location;
 pub mod logging;
 pub mod ls;
+pub mod maintain;
 pub mod man;
 pub mod password;
 pub mod progress;
@@ -250,6 +251,8 @@ pub enum Command {
     Key(key::Args),
     /// Clear stale maintenance leases left by a killed prune or repair
     Unlock(unlock::Args),
+    /// The daily admin job: forget by the profile's retention, prune, verify a slice
+    Maintain(maintain::Args),
     /// Print a shell completion script
     Completions(completions::Args),
     /// Print or write manual pages
@@ -275,6 +278,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Repair(args) => repair::run(&Ctx::new(global)?, &args).await,
         Command::Key(args) => key::run(&Ctx::new(global)?, &args).await,
         Command::Unlock(args) => unlock::run(&Ctx::new(global)?, &args).await,
+        Command::Maintain(args) => maintain::run(&Ctx::new(global)?, &args).await,
     }
 }
 
