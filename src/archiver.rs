@@ -400,28 +400,46 @@ struct TreeLoader {
 /// A directory's tree in the parent snapshot, with its subdirectories' trees on the way.
 struct Parent {
     tree: Tree,
-    subtrees: std::cell::RefCell<std::collections::HashMap<Vec<u8>, tokio::task::JoinHandle<Result<Tree>>>>,
+    subtrees: std::cell::RefCell<std::collections::HashMap<Vec<u8>, Subtree>>,
+}
+
+/// A subdirectory's parent-snapshot tree: its sealed bytes at hand (its tree pack is in memory,
+/// so decoding it on the walker's thread is cheaper than a hand-off), or being fetched.
+enum Subtree {
+    AtHand { id: Id, loc: crate::cache::Location, sealed: bytes::Bytes },
+    Loading(tokio::task::JoinHandle<Result<Tree>>),
 }
 
 impl Drop for Parent {
     fn drop(&mut self) {
         // Subdirectories that are gone since: stop their fetches.
-        for (_, h) in self.subtrees.get_mut().drain() {
-            h.abort();
+        for (_, sub) in self.subtrees.get_mut().drain() {
+            if let Subtree::Loading(h) = sub {
+                h.abort();
+            }
         }
     }
 }
 
 impl TreeLoader {
-    /// Starts fetching the trees of `tree`'s subdirectories.
+    /// Starts fetching the trees of `tree`'s subdirectories whose tree packs are not in memory.
     fn enter(&self, tree: Tree) -> Parent {
         let subtrees = tree
             .nodes
             .iter()
             .filter(|n| n.kind == NodeKind::Dir)
-            .filter_map(|n| Some((n.name.clone(), self.spawn_load(n.subtree?))))
+            .filter_map(|n| Some((n.name.clone(), self.prepare(n.subtree?))))
             .collect();
         Parent { tree, subtrees: std::cell::RefCell::new(subtrees) }
+    }
+
+    fn prepare(&self, id: Id) -> Subtree {
+        if let Ok(Some(loc)) = self.index.get(&id)
+            && let Some(sealed) = self.tree_packs.cached(&loc)
+        {
+            return Subtree::AtHand { id, loc, sealed };
+        }
+        Subtree::Loading(self.spawn_load(id))
     }
 
     fn spawn_load(&self, id: Id) -> tokio::task::JoinHandle<Result<Tree>> {
@@ -436,14 +454,16 @@ impl TreeLoader {
     /// The parent-snapshot tree of subdirectory `name` of `parent`, once fetched. A tree that
     /// cannot be loaded only costs change detection (its files are read again), so it is a warning.
     fn subtree(&self, parent: &Parent, name: &[u8]) -> Option<Parent> {
-        let h = parent.subtrees.borrow_mut().remove(name)?;
-        match self.rt.block_on(h) {
-            Ok(Ok(t)) => Some(self.enter(t)),
-            Ok(Err(e)) => {
+        let loaded = match parent.subtrees.borrow_mut().remove(name)? {
+            Subtree::AtHand { id, loc, sealed } => crate::repo::decode_tree(&self.keys, &loc, &sealed, &id),
+            Subtree::Loading(h) => self.rt.block_on(h).unwrap_or(Err(Error::Cancelled)),
+        };
+        match loaded {
+            Ok(t) => Some(self.enter(t)),
+            Err(e) => {
                 tracing::warn!("parent tree of {:?}: {e}", String::from_utf8_lossy(name));
                 None
             }
-            Err(_) => None,
         }
     }
 }
@@ -485,6 +505,7 @@ fn run_pipeline(
             s.spawn(move || save_trees(shared, dir_rx, tx));
         }
         s.spawn(move || pack_blobs(shared, sealed_rx, pack_tx, pack_size));
+        let trees = blob_tx.clone();
         drop((file_rx, blob_rx, blob_tx, sealed_tx));
         if walk.estimate_totals {
             let (roots, walked) = (&roots, &walked);
@@ -502,6 +523,7 @@ fn run_pipeline(
             one_file_system: walk.one_file_system,
             files: file_tx,
             dirs: dir_tx,
+            trees,
             loader,
         };
         let root = walker.walk_roots(roots.clone(), parent_root);
@@ -539,6 +561,8 @@ struct Walker<'a> {
     one_file_system: bool,
     files: Sender<FileJob>,
     dirs: Sender<DirJob>,
+    /// Tree blobs the walker assembles itself (see `finish_dir`).
+    trees: Sender<BlobJob>,
     loader: &'a TreeLoader,
 }
 
@@ -554,8 +578,39 @@ impl Walker<'_> {
                 entries.push(p);
             }
         }
-        let rx = self.send_dir(entries)?;
+        let rx = self.finish_dir(entries)?;
         rx.recv().map_err(|_| Error::Cancelled)
+    }
+
+    /// Hands a directory's entries on to become its tree. When every entry is known already
+    /// (an unchanged directory of a re-backup), the walker builds the tree itself: the tree
+    /// saver would cost a thread wake-up per directory for a few microseconds of work.
+    fn finish_dir(&self, entries: Vec<Pending>) -> Result<Receiver<Id>> {
+        let mut nodes = Vec::with_capacity(entries.len());
+        let mut rest = entries.into_iter();
+        while let Some(p) = rest.next() {
+            let waiting = match p {
+                Pending::Ready(node) => {
+                    nodes.push(node);
+                    continue;
+                }
+                Pending::Dir { mut node, rx } => match rx.try_recv() {
+                    Ok(id) => {
+                        node.subtree = Some(id);
+                        nodes.push(node);
+                        continue;
+                    }
+                    Err(_) => Pending::Dir { node, rx },
+                },
+                file @ Pending::File { .. } => file,
+            };
+            let entries = nodes.into_iter().map(Pending::Ready).chain([waiting]).chain(rest).collect();
+            return self.send_dir(entries);
+        }
+        let id = store_tree(self.shared, Tree { nodes }, &self.trees)?;
+        let (reply, rx) = bounded(1);
+        reply.send(id).map_err(|_| Error::Cancelled)?;
+        Ok(rx)
     }
 
     fn send_dir(&self, entries: Vec<Pending>) -> Result<Receiver<Id>> {
@@ -576,11 +631,11 @@ impl Walker<'_> {
         if self.shared.cancelled() {
             return Err(Error::Cancelled);
         }
-        let (mut node, warnings) = fsmeta::node_from_metadata(name, path, meta);
+        let old = parent.and_then(|p| p.tree.find(&name));
+        let (mut node, warnings) = fsmeta::node_from_metadata(name, path, meta, old);
         for w in warnings {
             tracing::warn!("{w}");
         }
-        let old = parent.and_then(|p| p.tree.find(&node.name));
         let stats = &self.shared.stats;
         match node.kind {
             NodeKind::Dir => {
@@ -588,7 +643,7 @@ impl Walker<'_> {
                 self.shared.progress.advance(1, 0);
                 let sub = if self.one_file_system && meta.dev() != device {
                     // A mount point: recorded, its content left out.
-                    self.send_dir(Vec::new())?
+                    self.finish_dir(Vec::new())?
                 } else {
                     let old_tree = parent.filter(|_| old.is_some_and(|o| o.kind == NodeKind::Dir));
                     let old_tree = old_tree.and_then(|p| self.loader.subtree(p, &node.name));
@@ -671,7 +726,7 @@ impl Walker<'_> {
                 entries.push(p);
             }
         }
-        self.send_dir(entries)
+        self.finish_dir(entries)
     }
 }
 
@@ -823,33 +878,51 @@ fn save_trees(shared: &Shared, dirs: Receiver<DirJob>, blobs: Sender<BlobJob>) {
             };
             tree.nodes.push(node);
         }
-        tree.sort();
-        let data = tree.encode();
-        let id = shared.keys.blob_id(&data);
-        match shared.is_new(&id) {
-            Ok(true) => {
-                if blobs.send(BlobJob { tpe: BlobType::Tree, id, data }).is_err() {
-                    return;
-                }
-            }
-            Ok(false) => {}
+        let id = match store_tree(shared, tree, &blobs) {
+            Ok(id) => id,
+            Err(Error::Cancelled) => return,
             Err(e) => {
                 shared.fail(e);
                 return;
             }
-        }
+        };
         if job.reply.send(id).is_err() {
             return;
         }
     }
 }
 
+/// Encodes a directory's tree, names it, and queues it for sealing when the repository lacks it.
+fn store_tree(shared: &Shared, mut tree: Tree, blobs: &Sender<BlobJob>) -> Result<Id> {
+    tree.sort();
+    let data = tree.encode();
+    let id = shared.keys.blob_id(&data);
+    if shared.is_new(&id)? {
+        blobs.send(BlobJob { tpe: BlobType::Tree, id, data }).map_err(|_| Error::Cancelled)?;
+    }
+    Ok(id)
+}
+
 /// Compresses `plain` at `level` when that makes it smaller, then seals it: the stored form of a
 /// blob (format §7). Returns the sealed bytes and whether they hold zstd. Shared with
 /// `repair snapshots`, which writes tree blobs the way a backup does.
-pub(crate) fn seal_blob(keys: &Keys, level: i32, plain: &[u8]) -> (Vec<u8>, bool) {
+///
+/// The sealed form is opened, decompressed and hashed again before it is returned: a fault in
+/// the compressor or in memory between hashing and sealing (restic #4523, #4529) must not reach
+/// the repository under a valid name, where dedup would reuse it in every later snapshot.
+pub(crate) fn seal_blob(keys: &Keys, level: i32, id: &Id, plain: &[u8]) -> Result<(Vec<u8>, bool)> {
     let compressed = crate::compress::compress(plain, level);
-    (keys.seal(compressed.as_deref().unwrap_or(plain)), compressed.is_some())
+    let sealed = keys.seal(compressed.as_deref().unwrap_or(plain));
+    let fault = |why: String| Error::Corrupt { what: format!("blob {id} before upload"), why };
+    let opened = keys.open(&sealed).map_err(|e| fault(e.to_string()))?;
+    let check = match compressed {
+        Some(_) => crate::compress::decompress(&opened, plain.len()).map_err(fault)?,
+        None => opened,
+    };
+    if keys.blob_id(&check) != *id {
+        return Err(fault("the sealed blob does not hash to its id (memory or compressor fault)".into()));
+    }
+    Ok((sealed, compressed.is_some()))
 }
 
 /// Uploads one finished pack (create-only; "already exists" means stored) and returns its
@@ -867,7 +940,13 @@ pub(crate) async fn store_pack(backend: &dyn crate::backend::Backend, pack: Fini
 fn seal_blobs(shared: &Shared, jobs: Receiver<BlobJob>, out: Sender<SealedBlob>) {
     for job in jobs {
         let raw_len = job.data.len() as u32;
-        let (sealed, compressed) = seal_blob(&shared.keys, shared.compression, &job.data);
+        let (sealed, compressed) = match seal_blob(&shared.keys, shared.compression, &job.id, &job.data) {
+            Ok(s) => s,
+            Err(e) => {
+                shared.fail(e);
+                return;
+            }
+        };
         let s = &shared.stats;
         s.blobs_added.fetch_add(1, Relaxed);
         s.bytes_added.fetch_add(u64::from(raw_len), Relaxed);
@@ -967,6 +1046,29 @@ fn collect(
         }
         Err(_) => {
             first_error.get_or_insert(Error::Cancelled);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_blob_checks_the_sealed_form_against_the_id() {
+        let keys = crate::crypto::MasterKey::generate().keys();
+        for plain in [vec![7u8; 100_000], (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()] {
+            let id = keys.blob_id(&plain);
+            let (sealed, compressed) = seal_blob(&keys, 3, &id, &plain).unwrap();
+            let opened = keys.open(&sealed).unwrap();
+            let back = if compressed { crate::compress::decompress(&opened, plain.len()).unwrap() } else { opened };
+            assert_eq!(back, plain);
+            // Plaintext that no longer hashes to the id it was named by (a flipped bit after
+            // hashing) is refused before it could be stored.
+            let mut flipped = plain.clone();
+            flipped[500] ^= 1;
+            let err = seal_blob(&keys, 3, &id, &flipped).unwrap_err();
+            assert!(matches!(err, Error::Corrupt { .. }), "{err}");
         }
     }
 }

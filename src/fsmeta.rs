@@ -32,9 +32,15 @@ const NS_PER_SEC: i64 = 1_000_000_000;
 /// block, opening a device can have side effects). Extended attributes are read with the
 /// `l*xattr` calls, so a symlink's own attributes are recorded, never its target's.
 ///
+/// `previous` is the same entry's node in an earlier snapshot, if any. When its kind, inode and
+/// ctime (ns) are unchanged, its extended attributes and symlink target are taken from it
+/// instead of asking the kernel: setting an xattr updates the ctime, and a symlink's target
+/// cannot change without a new inode, so those values cannot differ. This spares an unchanged
+/// re-backup one or two path lookups per entry.
+///
 /// Returns the node and warnings about metadata that could not be read (an unreadable xattr, a
 /// symlink that vanished between `lstat` and `readlink`); those never make the call fail.
-pub fn node_from_metadata(name: Vec<u8>, path: &Path, meta: &Metadata) -> (Node, Vec<String>) {
+pub fn node_from_metadata(name: Vec<u8>, path: &Path, meta: &Metadata, previous: Option<&Node>) -> (Node, Vec<String>) {
     let mut warnings = Vec::new();
     let ft = meta.file_type();
     let kind = if ft.is_dir() {
@@ -73,6 +79,18 @@ pub fn node_from_metadata(name: Vec<u8>, path: &Path, meta: &Metadata) -> (Node,
     node.links = meta.nlink();
     if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
         node.rdev = meta.rdev();
+    }
+    // An empty target marks one that could not be read last time: read it again.
+    let reusable = |o: &&Node| {
+        o.kind == kind
+            && o.inode == node.inode
+            && o.ctime_ns == node.ctime_ns
+            && o.link_target.as_ref().is_none_or(|t| !t.is_empty())
+    };
+    if let Some(old) = previous.filter(reusable) {
+        node.link_target = old.link_target.clone();
+        node.xattrs = old.xattrs.clone();
+        return (node, warnings);
     }
     if kind == NodeKind::Symlink {
         match std::fs::read_link(path) {
@@ -324,7 +342,7 @@ mod tests {
 
     fn lnode(path: &Path) -> (Node, Vec<String>) {
         let meta = std::fs::symlink_metadata(path).unwrap();
-        node_from_metadata(path.file_name().unwrap().as_bytes().to_vec(), path, &meta)
+        node_from_metadata(path.file_name().unwrap().as_bytes().to_vec(), path, &meta, None)
     }
 
     fn no_owner() -> ApplyOptions {
@@ -509,6 +527,47 @@ mod tests {
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(xattr::get(&dst, "user.test").unwrap().as_deref(), Some(&b"hello"[..]));
         assert_eq!(xattr::get(&dst, "user.a").unwrap().as_deref(), Some(&b"\x00\xff"[..]));
+    }
+
+    #[test]
+    fn unchanged_ctime_reuses_xattrs_and_target_and_a_change_rereads_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let link = dir.path().join("l");
+        symlink("target-a", &link).unwrap();
+        let node = |p: &Path, prev: Option<&Node>| {
+            let meta = std::fs::symlink_metadata(p).unwrap();
+            node_from_metadata(b"n".to_vec(), p, &meta, prev).0
+        };
+        // A previous node that differs only in what the kernel would be asked for: taken as is
+        // while the inode and ctime match, since those values cannot have changed.
+        let mut prev_file = node(&file, None);
+        prev_file.xattrs = vec![Xattr { name: b"user.old".to_vec(), value: b"1".to_vec() }];
+        assert_eq!(node(&file, Some(&prev_file)).xattrs, prev_file.xattrs);
+        let mut prev_link = node(&link, None);
+        assert_eq!(prev_link.link_target.as_deref(), Some(&b"target-a"[..]));
+        prev_link.link_target = Some(b"remembered".to_vec());
+        assert_eq!(node(&link, Some(&prev_link)).link_target.as_deref(), Some(&b"remembered"[..]));
+        // An unreadable target last time (empty) is read again.
+        prev_link.link_target = Some(Vec::new());
+        assert_eq!(node(&link, Some(&prev_link)).link_target.as_deref(), Some(&b"target-a"[..]));
+
+        // A changed ctime (chmod here; setting an xattr does the same) means reading again.
+        let mut perms = std::fs::metadata(&file).unwrap().permissions();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        perms.set_mode(0o600);
+        std::fs::set_permissions(&file, perms).unwrap();
+        let again = node(&file, Some(&prev_file));
+        assert_ne!(again.ctime_ns, prev_file.ctime_ns);
+        assert!(again.xattrs.iter().all(|x| x.name != b"user.old"), "{:?}", again.xattrs);
+        // Another inode under the same name (the link replaced) is read again too.
+        std::fs::remove_file(&link).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        symlink("target-b", &link).unwrap();
+        prev_link.link_target = Some(b"remembered".to_vec());
+        assert_eq!(node(&link, Some(&prev_link)).link_target.as_deref(), Some(&b"target-b"[..]));
     }
 
     #[test]

@@ -500,7 +500,7 @@ impl BlobWriter<'_> {
         }
         self.seen.insert(id);
         self.blobs += 1;
-        let (sealed, compressed) = seal_blob(self.repo.keys(), self.repo.config().compression, plain);
+        let (sealed, compressed) = seal_blob(self.repo.keys(), self.repo.config().compression, &id, plain)?;
         let pack_size = self.repo.config().pack_size as usize;
         let builder = if tpe == BlobType::Data { &mut self.data } else { &mut self.trees };
         builder.add(id, plain.len() as u32, compressed, &sealed);

@@ -785,12 +785,13 @@ pub async fn load_tree_with(
     let sealed = tree_packs.sealed(backend, &loc).await?;
     let keys = keys.clone();
     let id = *id;
-    tokio::task::spawn_blocking(move || {
-        let plain = decode_blob_with(&keys, &loc.entry, &sealed)?;
-        Tree::decode(&plain).map_err(|e| Error::corrupt(format!("tree {id}"), e.to_string()))
-    })
-    .await
-    .map_err(|_| Error::Cancelled)?
+    tokio::task::spawn_blocking(move || decode_tree(&keys, &loc, &sealed, &id)).await.map_err(|_| Error::Cancelled)?
+}
+
+/// Opens, checks and decodes the sealed tree blob `id` stored at `loc`.
+pub fn decode_tree(keys: &Keys, loc: &Location, sealed: &[u8], id: &Id) -> Result<Tree> {
+    let plain = decode_blob_with(keys, &loc.entry, sealed)?;
+    Tree::decode(&plain).map_err(|e| Error::corrupt(format!("tree {id}"), e.to_string()))
 }
 
 /// Checks a stored file against the limits and its name (the hash of its bytes).

@@ -40,6 +40,14 @@ impl std::fmt::Debug for TreePacks {
 }
 
 impl TreePacks {
+    /// The sealed bytes of the blob at `loc` if its pack is in memory already; no waiting.
+    pub fn cached(&self, loc: &Location) -> Option<Bytes> {
+        let guard = self.packs.lock().unwrap_or_else(|p| p.into_inner());
+        let pack = guard.packs.get(&loc.pack)?.get()?;
+        let r = loc.entry.range();
+        (r.end <= pack.len() as u64).then(|| pack.slice(r.start as usize..r.end as usize))
+    }
+
     /// The sealed bytes of the blob at `loc`, from its pack fetched whole (once).
     pub async fn sealed(&self, backend: &dyn Backend, loc: &Location) -> Result<Bytes> {
         let cell = {
