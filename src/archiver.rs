@@ -238,7 +238,7 @@ pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn P
 
     let parent = find_parent(repo, &opts.parent, &hostname, &paths).await?;
     let parent_root = match &parent {
-        Some((_, s)) => Some(repo.load_tree(&s.tree).await?),
+        Some((_, s)) => Some((s.tree, repo.load_tree(&s.tree).await?)),
         None => None,
     };
 
@@ -399,6 +399,8 @@ struct TreeLoader {
 
 /// A directory's tree in the parent snapshot, with its subdirectories' trees on the way.
 struct Parent {
+    /// The tree's id: a directory whose entries all equal the tree's keeps it.
+    id: Id,
     tree: Tree,
     subtrees: std::cell::RefCell<std::collections::HashMap<Vec<u8>, Subtree>>,
 }
@@ -407,14 +409,14 @@ struct Parent {
 /// so decoding it on the walker's thread is cheaper than a hand-off), or being fetched.
 enum Subtree {
     AtHand { id: Id, loc: crate::cache::Location, sealed: bytes::Bytes },
-    Loading(tokio::task::JoinHandle<Result<Tree>>),
+    Loading(Id, tokio::task::JoinHandle<Result<Tree>>),
 }
 
 impl Drop for Parent {
     fn drop(&mut self) {
         // Subdirectories that are gone since: stop their fetches.
         for (_, sub) in self.subtrees.get_mut().drain() {
-            if let Subtree::Loading(h) = sub {
+            if let Subtree::Loading(_, h) = sub {
                 h.abort();
             }
         }
@@ -423,14 +425,14 @@ impl Drop for Parent {
 
 impl TreeLoader {
     /// Starts fetching the trees of `tree`'s subdirectories whose tree packs are not in memory.
-    fn enter(&self, tree: Tree) -> Parent {
+    fn enter(&self, id: Id, tree: Tree) -> Parent {
         let subtrees = tree
             .nodes
             .iter()
             .filter(|n| n.kind == NodeKind::Dir)
             .filter_map(|n| Some((n.name.clone(), self.prepare(n.subtree?))))
             .collect();
-        Parent { tree, subtrees: std::cell::RefCell::new(subtrees) }
+        Parent { id, tree, subtrees: std::cell::RefCell::new(subtrees) }
     }
 
     fn prepare(&self, id: Id) -> Subtree {
@@ -439,7 +441,7 @@ impl TreeLoader {
         {
             return Subtree::AtHand { id, loc, sealed };
         }
-        Subtree::Loading(self.spawn_load(id))
+        Subtree::Loading(id, self.spawn_load(id))
     }
 
     fn spawn_load(&self, id: Id) -> tokio::task::JoinHandle<Result<Tree>> {
@@ -454,12 +456,12 @@ impl TreeLoader {
     /// The parent-snapshot tree of subdirectory `name` of `parent`, once fetched. A tree that
     /// cannot be loaded only costs change detection (its files are read again), so it is a warning.
     fn subtree(&self, parent: &Parent, name: &[u8]) -> Option<Parent> {
-        let loaded = match parent.subtrees.borrow_mut().remove(name)? {
-            Subtree::AtHand { id, loc, sealed } => crate::repo::decode_tree(&self.keys, &loc, &sealed, &id),
-            Subtree::Loading(h) => self.rt.block_on(h).unwrap_or(Err(Error::Cancelled)),
+        let (id, loaded) = match parent.subtrees.borrow_mut().remove(name)? {
+            Subtree::AtHand { id, loc, sealed } => (id, crate::repo::decode_tree(&self.keys, &loc, &sealed, &id)),
+            Subtree::Loading(id, h) => (id, self.rt.block_on(h).unwrap_or(Err(Error::Cancelled))),
         };
         match loaded {
-            Ok(t) => Some(self.enter(t)),
+            Ok(t) => Some(self.enter(id, t)),
             Err(e) => {
                 tracing::warn!("parent tree of {:?}: {e}", String::from_utf8_lossy(name));
                 None
@@ -478,7 +480,7 @@ struct WalkOptions<'a> {
 fn run_pipeline(
     shared: &Arc<Shared>,
     roots: Vec<(PathBuf, Vec<u8>)>,
-    parent_root: Option<Tree>,
+    parent_root: Option<(Id, Tree)>,
     walk: &WalkOptions<'_>,
     pack_size: usize,
     pack_tx: tokio::sync::mpsc::Sender<FinishedPack>,
@@ -567,8 +569,8 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn walk_roots(&self, roots: Vec<(PathBuf, Vec<u8>)>, parent: Option<Tree>) -> Result<Id> {
-        let parent = parent.map(|t| self.loader.enter(t));
+    fn walk_roots(&self, roots: Vec<(PathBuf, Vec<u8>)>, parent: Option<(Id, Tree)>) -> Result<Id> {
+        let parent = parent.map(|(id, t)| self.loader.enter(id, t));
         let parent = parent.as_ref();
         let mut entries = Vec::new();
         for (path, name) in roots {
@@ -578,14 +580,15 @@ impl Walker<'_> {
                 entries.push(p);
             }
         }
-        let rx = self.finish_dir(entries)?;
+        let rx = self.finish_dir(entries, parent)?;
         rx.recv().map_err(|_| Error::Cancelled)
     }
 
     /// Hands a directory's entries on to become its tree. When every entry is known already
     /// (an unchanged directory of a re-backup), the walker builds the tree itself: the tree
-    /// saver would cost a thread wake-up per directory for a few microseconds of work.
-    fn finish_dir(&self, entries: Vec<Pending>) -> Result<Receiver<Id>> {
+    /// saver would cost a thread wake-up per directory for a few microseconds of work. A tree
+    /// equal to the parent snapshot's keeps its id (it was just loaded through the index).
+    fn finish_dir(&self, entries: Vec<Pending>, old: Option<&Parent>) -> Result<Receiver<Id>> {
         let mut nodes = Vec::with_capacity(entries.len());
         let mut rest = entries.into_iter();
         while let Some(p) = rest.next() {
@@ -607,7 +610,12 @@ impl Walker<'_> {
             let entries = nodes.into_iter().map(Pending::Ready).chain([waiting]).chain(rest).collect();
             return self.send_dir(entries);
         }
-        let id = store_tree(self.shared, Tree { nodes }, &self.trees)?;
+        let mut tree = Tree { nodes };
+        tree.sort();
+        let id = match old {
+            Some(p) if p.tree == tree => p.id,
+            _ => store_tree(self.shared, tree, &self.trees)?,
+        };
         let (reply, rx) = bounded(1);
         reply.send(id).map_err(|_| Error::Cancelled)?;
         Ok(rx)
@@ -643,7 +651,7 @@ impl Walker<'_> {
                 self.shared.progress.advance(1, 0);
                 let sub = if self.one_file_system && meta.dev() != device {
                     // A mount point: recorded, its content left out.
-                    self.finish_dir(Vec::new())?
+                    self.finish_dir(Vec::new(), None)?
                 } else {
                     let old_tree = parent.filter(|_| old.is_some_and(|o| o.kind == NodeKind::Dir));
                     let old_tree = old_tree.and_then(|p| self.loader.subtree(p, &node.name));
@@ -726,7 +734,7 @@ impl Walker<'_> {
                 entries.push(p);
             }
         }
-        self.finish_dir(entries)
+        self.finish_dir(entries, parent)
     }
 }
 
@@ -1057,7 +1065,9 @@ mod tests {
     #[test]
     fn seal_blob_checks_the_sealed_form_against_the_id() {
         let keys = crate::crypto::MasterKey::generate().keys();
-        for plain in [vec![7u8; 100_000], (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()] {
+        for plain in
+            [vec![7u8; 100_000], (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()]
+        {
             let id = keys.blob_id(&plain);
             let (sealed, compressed) = seal_blob(&keys, 3, &id, &plain).unwrap();
             let opened = keys.open(&sealed).unwrap();

@@ -1,6 +1,7 @@
 //! Tests of `verify` on local repositories made by real backups: a clean repository has no
 //! problems; each kind of damage (flipped byte or truncation of a pack, a deleted pack, a
-//! damaged or deleted index file, a damaged snapshot file, a deleted tree pack, conflicting
+//! flipped byte in, truncation or deletion of an index file, a flipped byte in or truncation of
+//! a snapshot file, a deleted tree pack, conflicting
 //! index entries, a header that disagrees with the index) is reported, naming the damaged
 //! object; read-data slices together read every pack exactly once.
 
@@ -289,6 +290,38 @@ async fn flipped_byte_in_a_snapshot_is_reported() {
         "{r:?}"
     );
     assert!(names(&r, &id));
+    assert_eq!((r.snapshots, r.trees), (0, 0));
+}
+
+/// Cuts the object at `path` to `len` bytes (replaced, as stored objects may be read-only).
+fn truncate(path: &Path, len: usize) {
+    let data = std::fs::read(path).unwrap();
+    std::fs::remove_file(path).unwrap();
+    std::fs::write(path, &data[..len]).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncated_index_file_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture_repo(tmp.path()).await;
+    let [(id, size)] = objects(&dir, FileType::Index).await[..] else { panic!("one index file") };
+    truncate(&file(&dir, FileType::Index, &id), size as usize - 7);
+    let r = check(&dir, ReadData::None).await;
+    assert!(r.problems.iter().any(|p| matches!(p, Problem::IndexUnreadable { index, .. } if *index == id)), "{r:?}");
+    assert!(r.problems.iter().any(|p| matches!(p, Problem::TreeMissing { .. })), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncated_snapshot_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture_repo(tmp.path()).await;
+    let [(id, size)] = objects(&dir, FileType::Snapshot).await[..] else { panic!("one snapshot") };
+    truncate(&file(&dir, FileType::Snapshot, &id), size as usize / 2);
+    let r = check(&dir, ReadData::None).await;
+    assert!(
+        r.problems.iter().any(|p| matches!(p, Problem::SnapshotUnreadable { snapshot, .. } if *snapshot == id)),
+        "{r:?}"
+    );
     assert_eq!((r.snapshots, r.trees), (0, 0));
 }
 
