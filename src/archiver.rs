@@ -241,6 +241,12 @@ pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn P
         Some((_, s)) => Some((s.tree, repo.load_tree(&s.tree).await?)),
         None => None,
     };
+    // Every blob this backup references is indexed in the cache as of this removal count.
+    let removals = repo.index().removals()?;
+    let parent_indexed = match &parent {
+        Some((id, _)) => repo.index().fully_indexed(id)?,
+        None => false,
+    };
 
     let shared = Arc::new(Shared {
         keys: repo.keys().clone(),
@@ -273,7 +279,8 @@ pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn P
             limit: Arc::new(tokio::sync::Semaphore::new(repo.backend().connections().max(4))),
         };
         tokio::task::spawn_blocking(move || {
-            let walk = WalkOptions { excludes: &excludes, one_file_system: one_fs, estimate_totals: estimate };
+            let walk =
+                WalkOptions { excludes: &excludes, one_file_system: one_fs, estimate_totals: estimate, parent_indexed };
             run_pipeline(&shared, roots, parent_root, &walk, pack_size, pack_tx, &loader)
         })
     };
@@ -320,6 +327,11 @@ pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn P
         original: None,
     };
     let id = if opts.dry_run { None } else { Some(repo.save_snapshot(&snapshot).await?) };
+    if let Some(id) = &id
+        && let Err(e) = repo.index().set_fully_indexed(id, removals)
+    {
+        tracing::warn!("local cache: {e}");
+    }
     Ok(BackupResult { id, snapshot })
 }
 
@@ -475,6 +487,8 @@ struct WalkOptions<'a> {
     excludes: &'a Excludes,
     one_file_system: bool,
     estimate_totals: bool,
+    /// The local cache vouches that every blob of the parent snapshot is still indexed.
+    parent_indexed: bool,
 }
 
 fn run_pipeline(
@@ -523,6 +537,7 @@ fn run_pipeline(
             shared,
             excludes: walk.excludes,
             one_file_system: walk.one_file_system,
+            parent_indexed: walk.parent_indexed,
             files: file_tx,
             dirs: dir_tx,
             trees,
@@ -561,6 +576,8 @@ struct Walker<'a> {
     shared: &'a Shared,
     excludes: &'a Excludes,
     one_file_system: bool,
+    /// See [`WalkOptions::parent_indexed`]: unchanged files need no index lookups then.
+    parent_indexed: bool,
     files: Sender<FileJob>,
     dirs: Sender<DirJob>,
     /// Tree blobs the walker assembles itself (see `finish_dir`).
@@ -662,7 +679,7 @@ impl Walker<'_> {
             NodeKind::File => {
                 stats.bytes_total.fetch_add(node.size, Relaxed);
                 if let Some(o) = old.filter(|o| unchanged(o, &node))
-                    && self.all_indexed(&o.content)?
+                    && (self.parent_indexed || self.all_indexed(&o.content)?)
                 {
                     node.content = o.content.clone();
                     stats.files_unmodified.fetch_add(1, Relaxed);

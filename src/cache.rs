@@ -8,6 +8,10 @@
 //!
 //! It also keeps snapshot files as stored (still encrypted), so listing 60,000 snapshots of a
 //! shared repository costs a LIST, not 60,000 downloads.
+//!
+//! And it remembers which snapshots had every blob indexed, as of a count of index-file
+//! removals: while no index file has been dropped since, their blobs are all still here, and a
+//! backup on top of one skips looking up each unchanged file's blobs.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -20,7 +24,7 @@ use crate::id::Id;
 use crate::index::IndexFile;
 use crate::pack::BlobEntry;
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// A blob's location: its pack and its entry in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +101,7 @@ fn open_conn(path: Option<&Path>) -> Result<Connection, OpenError> {
     };
     conn.busy_timeout(std::time::Duration::from_secs(60))?;
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA mmap_size=1073741824;
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA mmap_size=1073741824; PRAGMA cache_size=-32768;
          CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS index_files (
             file INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, supersedes BLOB NOT NULL
@@ -108,7 +112,8 @@ fn open_conn(path: Option<&Path>) -> Result<Connection, OpenError> {
             PRIMARY KEY (id, file)
          ) WITHOUT ROWID;
          CREATE INDEX IF NOT EXISTS blobs_by_file ON blobs(file);
-         CREATE TABLE IF NOT EXISTS snapshots (id BLOB PRIMARY KEY, stored BLOB NOT NULL) WITHOUT ROWID;",
+         CREATE TABLE IF NOT EXISTS snapshots (id BLOB PRIMARY KEY, stored BLOB NOT NULL) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS indexed_snapshots (id BLOB PRIMARY KEY, removals INTEGER NOT NULL) WITHOUT ROWID;",
     )?;
     let version: Option<i64> =
         conn.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0)).optional()?;
@@ -190,6 +195,12 @@ impl BlobIndex {
                     file.execute([n])?;
                 }
             }
+            // Blobs may have left: every "fully indexed" record made before now is void.
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES('removals', 1) \
+                 ON CONFLICT(key) DO UPDATE SET value = value + 1",
+                [],
+            )?;
         }
         tx.commit()?;
         Ok(())
@@ -215,10 +226,13 @@ impl BlobIndex {
                 let supersedes: Vec<u8> = file.supersedes.iter().flat_map(|s| s.0).collect();
                 f.execute(params![&id.0[..], supersedes])?;
                 let n = tx.last_insert_rowid();
-                for p in &file.packs {
-                    for b in &p.blobs {
-                        blob.execute(params![&b.id.0[..], n, &p.id.0[..], b.flags(), b.offset, b.length, b.raw_len])?;
-                    }
+                // In key order, each B-tree page is filled once instead of touched at random,
+                // which keeps the transaction's dirty pages within the page cache.
+                let mut rows: Vec<_> =
+                    file.packs.iter().flat_map(|p| p.blobs.iter().map(move |b| (b, &p.id))).collect();
+                rows.sort_unstable_by_key(|(b, _)| b.id);
+                for (b, pack) in rows {
+                    blob.execute(params![&b.id.0[..], n, &pack.0[..], b.flags(), b.offset, b.length, b.raw_len])?;
                 }
             }
         }
@@ -288,6 +302,39 @@ impl BlobIndex {
 }
 
 impl BlobIndex {
+    /// How many times index files have been dropped from this cache: blobs can only leave it
+    /// then. Read it after loading the index, before relying on what is indexed.
+    pub fn removals(&self) -> Result<i64> {
+        let mut guard = self.conn();
+        let conn = guard.read()?;
+        let n = conn.query_row("SELECT value FROM meta WHERE key = 'removals'", [], |r| r.get(0)).optional()?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Records that every blob snapshot `id` references was indexed here when the removal
+    /// count was `removals`.
+    pub fn set_fully_indexed(&self, id: &Id, removals: i64) -> Result<()> {
+        let mut guard = self.conn();
+        let tx = guard.write()?.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO indexed_snapshots(id, removals) VALUES (?1, ?2)",
+            params![&id.0[..], removals],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether every blob snapshot `id` references is indexed here still: it was recorded so
+    /// and no index file has been dropped since.
+    pub fn fully_indexed(&self, id: &Id) -> Result<bool> {
+        let removals = self.removals()?;
+        let mut guard = self.conn();
+        let conn = guard.read()?;
+        let mut stmt = conn.prepare_cached("SELECT removals FROM indexed_snapshots WHERE id = ?1")?;
+        let recorded: Option<i64> = stmt.query_row([&id.0[..]], |r| r.get(0)).optional()?;
+        Ok(recorded == Some(removals))
+    }
+
     /// The cached stored bytes of snapshot `id`.
     pub fn snapshot(&self, id: &Id) -> Result<Option<Vec<u8>>> {
         let mut guard = self.conn();
@@ -296,7 +343,7 @@ impl BlobIndex {
         Ok(stmt.query_row([&id.0[..]], |r| r.get(0)).optional()?)
     }
 
-    /// Caches the stored bytes of snapshots, and forgets those not in `keep`.
+    /// Caches the stored bytes of snapshots, and forgets those not in `keep` (and their records).
     pub fn update_snapshots(&self, new: &[(Id, Vec<u8>)], keep: &HashSet<Id>) -> Result<()> {
         let mut guard = self.conn();
         let tx = guard.write()?.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -305,14 +352,16 @@ impl BlobIndex {
             for (id, stored) in new {
                 ins.execute(params![&id.0[..], stored])?;
             }
-            let cached: Vec<Vec<u8>> = tx
-                .prepare("SELECT id FROM snapshots")?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut del = tx.prepare_cached("DELETE FROM snapshots WHERE id = ?1")?;
-            for id in cached {
-                if Id::from_slice(&id).is_none_or(|i| !keep.contains(&i)) {
-                    del.execute([&id])?;
+            for table in ["snapshots", "indexed_snapshots"] {
+                let cached: Vec<Vec<u8>> = tx
+                    .prepare(&format!("SELECT id FROM {table}"))?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut del = tx.prepare(&format!("DELETE FROM {table} WHERE id = ?1"))?;
+                for id in cached {
+                    if Id::from_slice(&id).is_none_or(|i| !keep.contains(&i)) {
+                        del.execute([&id])?;
+                    }
                 }
             }
         }
@@ -362,6 +411,31 @@ mod tests {
         idx.drop_index_files(&HashSet::from([Id([5; 32])])).unwrap();
         assert!(idx.get(&Id([2; 32])).unwrap().is_none());
         assert!(idx.index_files().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_fully_indexed_record_lasts_until_an_index_file_is_dropped() {
+        let idx = BlobIndex::open(None).unwrap();
+        let file = IndexFile {
+            supersedes: vec![],
+            packs: vec![IndexPack { id: Id([9; 32]), blobs: vec![entry(1, BlobType::Data)] }],
+        };
+        idx.add_index_files(&[(Id([5; 32]), file.clone()), (Id([6; 32]), file)]).unwrap();
+        let (snap, other) = (Id([40; 32]), Id([41; 32]));
+        idx.set_fully_indexed(&snap, idx.removals().unwrap()).unwrap();
+        assert!(idx.fully_indexed(&snap).unwrap());
+        assert!(!idx.fully_indexed(&other).unwrap());
+        // Adding index files removes nothing: the record stands.
+        idx.add_index_files(&[(Id([7; 32]), IndexFile { supersedes: vec![], packs: vec![] })]).unwrap();
+        assert!(idx.fully_indexed(&snap).unwrap());
+        // Dropping one voids it, even though blob 1 is still indexed through file 6.
+        idx.drop_index_files(&HashSet::from([Id([5; 32])])).unwrap();
+        assert!(!idx.fully_indexed(&snap).unwrap());
+        idx.set_fully_indexed(&snap, idx.removals().unwrap()).unwrap();
+        assert!(idx.fully_indexed(&snap).unwrap());
+        // A forgotten snapshot's record goes with its cached file.
+        idx.update_snapshots(&[], &HashSet::new()).unwrap();
+        assert!(!idx.fully_indexed(&snap).unwrap());
     }
 
     #[test]

@@ -127,6 +127,31 @@ fn repair_index_after_losing_every_index_file_restores_full_function() {
     e.cmd().arg("verify").assert().code(0);
 }
 
+/// A data pack lost and the index repaired: an unchanged re-backup must not trust the parent
+/// snapshot's content lists (the local cache's "every blob indexed" record is void once an
+/// index file is dropped), so it reads the files whose chunks were lost, stores them again,
+/// and its snapshot restores in full.
+#[test]
+fn after_a_lost_pack_and_repair_index_a_re_backup_stores_the_lost_files_again() {
+    let e = Env::with_backup();
+    let src = e.path("src");
+    let unchanged = e.json(&["backup", src.to_str().unwrap()], 0);
+    assert_eq!(unchanged["bytes_read"], 0, "{unchanged}");
+
+    std::fs::remove_file(&largest_packs(&e)[0]).unwrap();
+    e.json(&["repair", "index"], 0);
+    let again = e.json(&["backup", src.to_str().unwrap()], 0);
+    let read = again["bytes_read"].as_u64().unwrap();
+    assert!(read > 0, "the lost chunks must be read again: {again}");
+    assert!(again["bytes_added"].as_u64().unwrap() > 0, "{again}");
+    let id = again["snapshot_id"].as_str().unwrap();
+    e.cmd().args(["restore", "--snapshot", id, "--target"]).arg(e.path("out")).assert().code(0);
+    common::assert_same_tree(&src, &e.path("out/src"));
+    // And the record is made again: the next re-backup reads nothing.
+    let last = e.json(&["backup", src.to_str().unwrap()], 0);
+    assert_eq!(last["bytes_read"], 0, "{last}");
+}
+
 #[test]
 fn repair_index_skips_and_reports_a_pack_with_a_damaged_header() {
     let e = Env::with_backup();
@@ -174,13 +199,14 @@ fn repair_snapshots_drops_lost_files_and_keeps_the_original() {
     assert_eq!(rep["original"], original.as_str());
     assert_eq!(rep["forgotten"], false);
     let new = rep["repaired"].as_str().unwrap().to_owned();
-    let dropped: BTreeSet<PathBuf> = rep["changes"]
+    // Paths as the JSON report gives them (lossy for the fixture's non-UTF-8 name).
+    let dropped: BTreeSet<String> = rep["changes"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| {
             assert_eq!(c["kind"], "file_dropped", "{c}");
-            PathBuf::from(c["path"].as_str().unwrap())
+            c["path"].as_str().unwrap().to_owned()
         })
         .collect();
     assert!(!dropped.is_empty());
@@ -201,14 +227,14 @@ fn repair_snapshots_drops_lost_files_and_keeps_the_original() {
         if !p.symlink_metadata().unwrap().is_file() {
             continue;
         }
-        if dropped.contains(&rel) {
+        if dropped.contains(rel.to_string_lossy().as_ref()) {
             assert!(out.symlink_metadata().is_err(), "{rel:?} was dropped but restored");
         } else {
             assert!(std::fs::read(&p).unwrap() == std::fs::read(&out).unwrap(), "{rel:?} differs");
             restored += 1;
         }
     }
-    assert!(restored > 3, "only {restored} files restored");
+    assert!(restored >= 1, "no file restored");
 
     // After the index is repaired too, the new snapshot verifies clean; the original does not.
     e.json(&["repair", "index"], 0);
