@@ -819,7 +819,8 @@ fn read_file(
     if !before.is_file() {
         return Err(ReadError::Skip("no longer a regular file".into()));
     }
-    let extents = if fsmeta::is_sparse_candidate(&before) {
+    let sparse = fsmeta::is_sparse_candidate(&before);
+    let extents = if sparse {
         fsmeta::data_extents(&file, before.size()).map_err(|e| skip("finding holes", e))?
     } else if before.size() > 0 {
         vec![(0, before.size())]
@@ -833,7 +834,10 @@ fn read_file(
         if start > pos {
             content.push(Extent::Hole(start - pos));
         }
-        (&file).seek(SeekFrom::Start(start)).map_err(|e| skip("seek", e))?;
+        // A freshly opened file is at 0 already (finding holes moves the offset).
+        if sparse || start != 0 {
+            (&file).seek(SeekFrom::Start(start)).map_err(|e| skip("seek", e))?;
+        }
         chunker.chunk_reader((&file).take(len), buf, |data| {
             if shared.cancelled() {
                 return Err(ReadError::Fatal(Error::Cancelled));
