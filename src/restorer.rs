@@ -153,6 +153,7 @@ pub async fn restore(
         repo,
         files: Arc::new(open),
         budget: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MIB as usize)),
+        writers: Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
         written: &written,
         progress: &*progress,
     };
@@ -414,6 +415,10 @@ struct WriteCtx<'a> {
     /// MiB of pack data in flight (fetched, not yet written): bounds memory whatever the
     /// connection count.
     budget: Arc<tokio::sync::Semaphore>,
+    /// Runs being decoded and written at once: one per core. Downloads overlap up to the
+    /// connection count, but more writers than cores only interleave writes to more files
+    /// and add threads (and their allocator arenas).
+    writers: Arc<tokio::sync::Semaphore>,
     written: &'a AtomicU64,
     progress: &'a dyn Progress,
 }
@@ -441,6 +446,7 @@ impl WriteCtx<'_> {
             let mib = u32::try_from((end - start).div_ceil(1 << 20)).unwrap_or(u32::MAX).clamp(1, IN_FLIGHT_MIB);
             let permit = self.budget.clone().acquire_many_owned(mib).await.map_err(|_| Error::Cancelled)?;
             let data = self.repo.backend().get(&h, Some(start..end)).await?;
+            let writer = self.writers.clone().acquire_owned().await.map_err(|_| Error::Cancelled)?;
             let run: Vec<_> = blobs[i..j].to_vec();
             let keys = self.repo.keys().clone();
             let files = self.files.clone();
@@ -457,7 +463,7 @@ impl WriteCtx<'_> {
                     files.write(*file, plain, *offset)?;
                     n += plain.len() as u64;
                 }
-                drop(permit); // held until the fetched data is written
+                drop((permit, writer)); // held until the fetched data is written
                 Ok(n)
             })
             .await
