@@ -940,18 +940,39 @@ fn store_tree(shared: &Shared, mut tree: Tree, blobs: &Sender<BlobJob>) -> Resul
 /// the compressor or in memory between hashing and sealing (restic #4523, #4529) must not reach
 /// the repository under a valid name, where dedup would reuse it in every later snapshot.
 pub(crate) fn seal_blob(keys: &Keys, level: i32, id: &Id, plain: &[u8]) -> Result<(Vec<u8>, bool)> {
-    let compressed = crate::compress::compress(plain, level);
-    let sealed = keys.seal(compressed.as_deref().unwrap_or(plain));
+    thread_local! {
+        // Reused buffers: fresh megabyte buffers per blob cost page faults.
+        static BUFFERS: std::cell::RefCell<[Vec<u8>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+    }
+    BUFFERS.with(|cell| {
+        let [compressed, opened, expanded] = &mut *cell.borrow_mut();
+        seal_checked(keys, level, id, plain, compressed, opened, expanded)
+    })
+}
+
+fn seal_checked(
+    keys: &Keys,
+    level: i32,
+    id: &Id,
+    plain: &[u8],
+    compressed: &mut Vec<u8>,
+    opened: &mut Vec<u8>,
+    expanded: &mut Vec<u8>,
+) -> Result<(Vec<u8>, bool)> {
+    let is_compressed = crate::compress::compress_into(plain, level, compressed);
+    let sealed = keys.seal(if is_compressed { compressed } else { plain });
     let fault = |why: String| Error::Corrupt { what: format!("blob {id} before upload"), why };
-    let opened = keys.open(&sealed).map_err(|e| fault(e.to_string()))?;
-    let check = match compressed {
-        Some(_) => crate::compress::decompress(&opened, plain.len()).map_err(fault)?,
-        None => opened,
+    keys.open_into(&sealed, opened).map_err(|e| fault(e.to_string()))?;
+    let check = if is_compressed {
+        crate::compress::decompress_into(opened, plain.len(), expanded).map_err(fault)?;
+        &expanded[..]
+    } else {
+        &opened[..]
     };
-    if keys.blob_id(&check) != *id {
+    if keys.blob_id(check) != *id {
         return Err(fault("the sealed blob does not hash to its id (memory or compressor fault)".into()));
     }
-    Ok((sealed, compressed.is_some()))
+    Ok((sealed, is_compressed))
 }
 
 /// Uploads one finished pack (create-only; "already exists" means stored) and returns its

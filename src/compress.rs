@@ -16,45 +16,85 @@ thread_local! {
 
 /// Compresses `data`; `None` when compression would not make it smaller.
 pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    compress_into(data, level, &mut out).then_some(out)
+}
+
+/// [`compress`] into `out` (cleared first, its allocation reused); false when compression
+/// would not make `data` smaller (`out` then holds nothing useful).
+pub fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> bool {
+    out.clear();
     if data.len() < 64 {
-        return None;
+        return false;
     }
     COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.as_ref().is_none_or(|(l, _)| *l != level) {
-            *cell = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+            let Ok(c) = zstd::bulk::Compressor::new(level) else { return false };
+            *cell = Some((level, c));
         }
-        let (_, c) = cell.as_mut()?;
-        // A buffer one byte short of the input: if the frame does not fit, it would not be smaller.
-        let mut out = Vec::with_capacity(data.len() - 1);
-        c.compress_to_buffer(data, &mut out).ok()?;
-        Some(out)
+        let Some((_, c)) = cell.as_mut() else { return false };
+        // Room for at least one byte less than the input: a frame that does not fit would not
+        // be smaller (zstd then fails), and one that fits must still be smaller.
+        out.reserve(data.len() - 1);
+        match c.compress_to_buffer(data, out) {
+            Ok(n) => n < data.len(),
+            Err(_) => false,
+        }
     })
 }
 
 /// Decompresses `data` that must expand to exactly `raw_len` bytes.
 pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    decompress_into(data, raw_len, &mut out)?;
+    Ok(out)
+}
+
+/// [`decompress`] into `out` (cleared first), reusing its allocation.
+pub fn decompress_into(data: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<(), String> {
     if raw_len > MAX_BLOB {
         return Err(format!("claimed length {raw_len} exceeds the {MAX_BLOB}-byte limit"));
     }
-    let out = DECOMPRESSOR.with(|cell| {
+    out.clear();
+    out.reserve_exact(raw_len);
+    DECOMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
             *cell = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
         }
         let d = cell.as_mut().expect("just set");
-        d.decompress(data, raw_len).map_err(|e| format!("zstd: {e}"))
+        // Writes at most the capacity reserved: a frame that expands further is an error.
+        d.decompress_to_buffer(data, out).map_err(|e| format!("zstd: {e}"))
     })?;
     if out.len() != raw_len {
         return Err(format!("decompressed to {} bytes, expected {raw_len}", out.len()));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn reused_buffers_give_what_fresh_ones_give() {
+        let text: Vec<u8> = b"a line of text that repeats. ".iter().copied().cycle().take(300_000).collect();
+        let mut noise = vec![0u8; 200_000];
+        rand::fill(&mut noise[..]);
+        let (mut out, mut back) = (vec![9u8; 1 << 20], vec![7u8; 1 << 20]);
+        assert!(compress_into(&text, 3, &mut out));
+        assert_eq!(Some(out.clone()), compress(&text, 3));
+        decompress_into(&out, text.len(), &mut back).unwrap();
+        assert_eq!(back, text);
+        // Incompressible input is refused even though the (reused) buffer has room to spare.
+        assert!(!compress_into(&noise, 3, &mut out));
+        assert_eq!(compress(&noise, 3), None);
+        // A wrong length claim fails and leaves no stale bytes to be mistaken for output.
+        let small = compress(&text[..1000], 3).unwrap();
+        assert!(decompress_into(&small, 999, &mut back).is_err());
+    }
 
     #[test]
     fn keeps_raw_when_not_smaller() {
