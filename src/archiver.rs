@@ -631,7 +631,7 @@ impl Walker<'_> {
         tree.sort();
         let id = match old {
             Some(p) if p.tree == tree => p.id,
-            _ => store_tree(self.shared, tree, &self.trees)?,
+            _ => store_sorted_tree(self.shared, tree, &self.trees)?,
         };
         let (reply, rx) = bounded(1);
         reply.send(id).map_err(|_| Error::Cancelled)?;
@@ -924,6 +924,10 @@ fn save_trees(shared: &Shared, dirs: Receiver<DirJob>, blobs: Sender<BlobJob>) {
 /// Encodes a directory's tree, names it, and queues it for sealing when the repository lacks it.
 fn store_tree(shared: &Shared, mut tree: Tree, blobs: &Sender<BlobJob>) -> Result<Id> {
     tree.sort();
+    store_sorted_tree(shared, tree, blobs)
+}
+
+fn store_sorted_tree(shared: &Shared, tree: Tree, blobs: &Sender<BlobJob>) -> Result<Id> {
     let data = tree.encode();
     let id = shared.keys.blob_id(&data);
     if shared.is_new(&id)? {

@@ -64,7 +64,8 @@ pub fn decompress_into(data: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result
             *cell = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
         }
         let d = cell.as_mut().expect("just set");
-        // Writes at most the capacity reserved: a frame that expands further is an error.
+        // Writes at most the buffer's capacity (raw_len, or more if reused): never allocates;
+        // any length but raw_len is refused below.
         d.decompress_to_buffer(data, out).map_err(|e| format!("zstd: {e}"))
     })?;
     if out.len() != raw_len {
