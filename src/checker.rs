@@ -41,7 +41,7 @@ use crate::id::Id;
 use crate::index::IndexFile;
 use crate::pack::{BlobEntry, BlobType, HEADER_ENTRY_LEN};
 use crate::progress::Progress;
-use crate::repo::{Repository, decode_blob_with};
+use crate::repo::{DecodeBuffers, Repository, decode_blob_into, decode_blob_with};
 use crate::tree::{Extent, NodeKind, Tree};
 
 /// Largest pack downloaded: 4 GiB of blobs (u32 offsets) and a header of up to 100k entries.
@@ -850,11 +850,12 @@ fn check_pack_bytes(keys: &Keys, id: Id, info: &PackInfo, data: &[u8]) -> PackOu
         };
         out.problems.push(Problem::PackHeaderMismatch { pack: id, detail });
     }
+    let mut bufs = DecodeBuffers::default();
     for e in &entries {
         // read_header checked every entry lies within the data.
         let sealed = &data[e.range().start as usize..e.range().end as usize];
         out.blobs += 1;
-        if let Err(err) = decode_blob_with(keys, e, sealed) {
+        if let Err(err) = decode_blob_into(keys, e, sealed, &mut bufs) {
             let error = why(err);
             out.problems.push(Problem::BlobCorrupt { pack: id, blob: e.id, error });
         }

@@ -807,14 +807,35 @@ fn check_stored(h: &Handle, stored: &[u8]) -> Result<()> {
 
 /// Opens a sealed blob and checks it is the one `entry` names (MAC, exact length, keyed id).
 pub fn decode_blob_with(keys: &Keys, entry: &BlobEntry, sealed: &[u8]) -> Result<Vec<u8>> {
+    let mut bufs = DecodeBuffers::default();
+    decode_blob_into(keys, entry, sealed, &mut bufs)?;
+    Ok(if entry.compressed { bufs.plain } else { bufs.opened })
+}
+
+/// Scratch space for [`decode_blob_into`]: reused, so decoding many blobs allocates once.
+#[derive(Default)]
+pub struct DecodeBuffers {
+    opened: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+/// [`decode_blob_with`] into `bufs`; the checked plaintext borrows from them.
+pub fn decode_blob_into<'b>(
+    keys: &Keys,
+    entry: &BlobEntry,
+    sealed: &[u8],
+    bufs: &'b mut DecodeBuffers,
+) -> Result<&'b [u8]> {
     let what = || format!("blob {}", entry.id);
-    let body = keys.open(sealed).map_err(|e| Error::corrupt(what(), e.to_string()))?;
+    keys.open_into(sealed, &mut bufs.opened).map_err(|e| Error::corrupt(what(), e.to_string()))?;
     let plain = if entry.compressed {
-        compress::decompress(&body, entry.raw_len as usize).map_err(|e| Error::corrupt(what(), e))?
+        compress::decompress_into(&bufs.opened, entry.raw_len as usize, &mut bufs.plain)
+            .map_err(|e| Error::corrupt(what(), e))?;
+        &bufs.plain
     } else {
-        body
+        &bufs.opened
     };
-    if plain.len() != entry.raw_len as usize || keys.blob_id(&plain) != entry.id {
+    if plain.len() != entry.raw_len as usize || keys.blob_id(plain) != entry.id {
         return Err(Error::corrupt(what(), "content does not match its id"));
     }
     Ok(plain)

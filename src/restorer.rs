@@ -154,6 +154,7 @@ pub async fn restore(
         files: Arc::new(open),
         budget: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MIB as usize)),
         writers: Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
+        buffers: Arc::default(),
         written: &written,
         progress: &*progress,
     };
@@ -419,6 +420,9 @@ struct WriteCtx<'a> {
     /// connection count, but more writers than cores only interleave writes to more files
     /// and add threads (and their allocator arenas).
     writers: Arc<tokio::sync::Semaphore>,
+    /// Decode buffers of idle writers: a run reuses one instead of allocating per blob, so
+    /// decoding holds at most a blob's worth of memory per writer.
+    buffers: Arc<Mutex<Vec<crate::repo::DecodeBuffers>>>,
     written: &'a AtomicU64,
     progress: &'a dyn Progress,
 }
@@ -449,20 +453,25 @@ impl WriteCtx<'_> {
             let writer = self.writers.clone().acquire_owned().await.map_err(|_| Error::Cancelled)?;
             let run: Vec<_> = blobs[i..j].to_vec();
             let keys = self.repo.keys().clone();
-            let files = self.files.clone();
+            let (files, spare) = (self.files.clone(), self.buffers.clone());
             let n = tokio::task::spawn_blocking(move || -> Result<u64> {
+                let mut bufs = spare.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
                 let mut n = 0u64;
-                let mut last: Option<(Id, Vec<u8>)> = None;
-                for (entry, file, offset) in &run {
-                    if last.as_ref().is_none_or(|(id, _)| *id != entry.id) {
-                        let r = entry.range();
-                        let sealed = &data[(r.start - start) as usize..(r.end - start) as usize];
-                        last = Some((entry.id, crate::repo::decode_blob_with(&keys, entry, sealed)?));
+                let mut k = 0;
+                while k < run.len() {
+                    let entry = &run[k].0;
+                    let r = entry.range();
+                    let sealed = &data[(r.start - start) as usize..(r.end - start) as usize];
+                    let plain = crate::repo::decode_blob_into(&keys, entry, sealed, &mut bufs)?;
+                    // A blob several files share (or one file holds twice) is decoded once.
+                    while k < run.len() && run[k].0.id == entry.id {
+                        let (file, offset) = (run[k].1, run[k].2);
+                        files.write(file, plain, offset)?;
+                        n += plain.len() as u64;
+                        k += 1;
                     }
-                    let plain = &last.as_ref().expect("just set").1;
-                    files.write(*file, plain, *offset)?;
-                    n += plain.len() as u64;
                 }
+                spare.lock().unwrap_or_else(|p| p.into_inner()).push(bufs);
                 drop((permit, writer)); // held until the fetched data is written
                 Ok(n)
             })

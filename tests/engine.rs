@@ -152,6 +152,32 @@ async fn restore_filters_and_overwrite_policies() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_blob_many_files_share_is_restored_into_each() {
+    // a, b and c hold the same chunks: stored once, each written three times by the restore.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let block: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let text = b"compressible line of a report\n".repeat(6000);
+    for name in ["a", "b", "c"] {
+        std::fs::write(src.join(name), &block).unwrap();
+    }
+    std::fs::write(src.join("text"), &text).unwrap();
+    // Text and noise, twice over in one file: its second half repeats chunks of its first.
+    std::fs::write(src.join("mixed"), [&text[..], &block[..], &text[..], &block[..]].concat()).unwrap();
+    let repo = new_repo(&tmp.path().join("repo")).await;
+    let r = backup(&repo, &opts(&src), Arc::new(NoProgress)).await.unwrap();
+    let sum = &r.snapshot.summary;
+    assert!(sum.bytes_added + block.len() as u64 <= sum.bytes_read, "a, b and c share their blobs: {sum:?}");
+
+    let target = tmp.path().join("t");
+    let ro = RestoreOptions { target: target.clone(), ..RestoreOptions::default() };
+    let s = restore(&repo, &r.snapshot, &ro, Arc::new(NoProgress)).await.unwrap();
+    assert_eq!(s.files_restored, 5, "{s:?}");
+    common::assert_same_tree(&src, &target.join("src"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn wrong_password_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     new_repo(&tmp.path().join("repo")).await;
