@@ -177,33 +177,6 @@ struct Stats {
     packs_written: AtomicU64,
 }
 
-/// Byte buffers handed back by the stages done with them, for the readers and sealers to fill
-/// again: a fresh megabyte allocation per blob costs a page fault per 4 KiB. At most `n` wait
-/// here (each up to a chunk or a sealed blob), so the pool adds a bounded few MiB.
-struct BufferPool {
-    tx: Sender<Vec<u8>>,
-    rx: Receiver<Vec<u8>>,
-}
-
-impl BufferPool {
-    fn new(n: usize) -> Self {
-        let (tx, rx) = bounded(n);
-        Self { tx, rx }
-    }
-
-    /// An empty buffer, with room from an earlier blob when one is spare.
-    fn take(&self) -> Vec<u8> {
-        let mut v = self.rx.try_recv().unwrap_or_default();
-        v.clear();
-        v
-    }
-
-    /// Keeps `v` for reuse, or frees it when enough wait already.
-    fn give(&self, v: Vec<u8>) {
-        let _ = self.tx.try_send(v);
-    }
-}
-
 /// State every stage shares.
 struct Shared {
     keys: Arc<Keys>,
@@ -212,8 +185,6 @@ struct Shared {
     compression: i32,
     /// Blobs first seen in this run (queued or stored): dedup for what the index cannot know yet.
     inflight: Mutex<HashSet<Id>>,
-    /// Chunk and sealed-blob buffers that later stages are done with.
-    spare: BufferPool,
     stats: Stats,
     skipped: Mutex<Vec<Skipped>>,
     failure: Mutex<Option<Error>>,
@@ -283,7 +254,6 @@ pub async fn backup(repo: &Repository, opts: &BackupOptions, progress: Arc<dyn P
         chunker: repo.config().chunker,
         compression: repo.config().compression,
         inflight: Mutex::new(HashSet::new()),
-        spare: BufferPool::new(2 * std::thread::available_parallelism().map_or(2, |n| n.get())),
         stats: Stats::default(),
         skipped: Mutex::new(Vec::new()),
         failure: Mutex::new(None),
@@ -884,9 +854,7 @@ fn read_file(
             content.push(Extent::Data(id));
             // Only chunks the repository lacks are copied out of the read buffer.
             if shared.is_new(&id).map_err(ReadError::Fatal)? {
-                let mut copy = shared.spare.take();
-                copy.extend_from_slice(data);
-                let job = BlobJob { tpe: BlobType::Data, id, data: copy };
+                let job = BlobJob { tpe: BlobType::Data, id, data: data.to_vec() };
                 blobs.send(job).map_err(|_| ReadError::Fatal(Error::Cancelled))?;
             }
             shared.stats.bytes_read.fetch_add(n, Relaxed);
@@ -982,34 +950,39 @@ fn store_sorted_tree(shared: &Shared, tree: Tree, blobs: &Sender<BlobJob>) -> Re
 /// the compressor or in memory between hashing and sealing (restic #4523, #4529) must not reach
 /// the repository under a valid name, where dedup would reuse it in every later snapshot.
 pub(crate) fn seal_blob(keys: &Keys, level: i32, id: &Id, plain: &[u8]) -> Result<(Vec<u8>, bool)> {
-    let mut sealed = Vec::new();
-    let compressed = seal_blob_into(keys, level, id, plain, &mut sealed)?;
-    Ok((sealed, compressed))
-}
-
-/// [`seal_blob`] into `sealed` (cleared first, its allocation reused); returns whether it holds zstd.
-fn seal_blob_into(keys: &Keys, level: i32, id: &Id, plain: &[u8], sealed: &mut Vec<u8>) -> Result<bool> {
     thread_local! {
         // Reused buffers: fresh megabyte buffers per blob cost page faults.
         static BUFFERS: std::cell::RefCell<[Vec<u8>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
     }
     BUFFERS.with(|cell| {
         let [compressed, opened, expanded] = &mut *cell.borrow_mut();
-        let is_compressed = crate::compress::compress_into(plain, level, compressed);
-        keys.seal_into(if is_compressed { compressed } else { plain }, sealed);
-        let fault = |why: String| Error::Corrupt { what: format!("blob {id} before upload"), why };
-        keys.open_into(sealed, opened).map_err(|e| fault(e.to_string()))?;
-        let check = if is_compressed {
-            crate::compress::decompress_into(opened, plain.len(), expanded).map_err(fault)?;
-            &expanded[..]
-        } else {
-            &opened[..]
-        };
-        if keys.blob_id(check) != *id {
-            return Err(fault("the sealed blob does not hash to its id (memory or compressor fault)".into()));
-        }
-        Ok(is_compressed)
+        seal_checked(keys, level, id, plain, compressed, opened, expanded)
     })
+}
+
+fn seal_checked(
+    keys: &Keys,
+    level: i32,
+    id: &Id,
+    plain: &[u8],
+    compressed: &mut Vec<u8>,
+    opened: &mut Vec<u8>,
+    expanded: &mut Vec<u8>,
+) -> Result<(Vec<u8>, bool)> {
+    let is_compressed = crate::compress::compress_into(plain, level, compressed);
+    let sealed = keys.seal(if is_compressed { compressed } else { plain });
+    let fault = |why: String| Error::Corrupt { what: format!("blob {id} before upload"), why };
+    keys.open_into(&sealed, opened).map_err(|e| fault(e.to_string()))?;
+    let check = if is_compressed {
+        crate::compress::decompress_into(opened, plain.len(), expanded).map_err(fault)?;
+        &expanded[..]
+    } else {
+        &opened[..]
+    };
+    if keys.blob_id(check) != *id {
+        return Err(fault("the sealed blob does not hash to its id (memory or compressor fault)".into()));
+    }
+    Ok((sealed, is_compressed))
 }
 
 /// Uploads one finished pack (create-only; "already exists" means stored) and returns its
@@ -1027,15 +1000,13 @@ pub(crate) async fn store_pack(backend: &dyn crate::backend::Backend, pack: Fini
 fn seal_blobs(shared: &Shared, jobs: Receiver<BlobJob>, out: Sender<SealedBlob>) {
     for job in jobs {
         let raw_len = job.data.len() as u32;
-        let mut sealed = shared.spare.take();
-        let compressed = match seal_blob_into(&shared.keys, shared.compression, &job.id, &job.data, &mut sealed) {
-            Ok(c) => c,
+        let (sealed, compressed) = match seal_blob(&shared.keys, shared.compression, &job.id, &job.data) {
+            Ok(s) => s,
             Err(e) => {
                 shared.fail(e);
                 return;
             }
         };
-        shared.spare.give(job.data);
         let s = &shared.stats;
         s.blobs_added.fetch_add(1, Relaxed);
         s.bytes_added.fetch_add(u64::from(raw_len), Relaxed);
@@ -1060,7 +1031,6 @@ fn pack_blobs(
     for blob in blobs {
         let builder = if blob.tpe == BlobType::Data { &mut data } else { &mut trees };
         builder.add(blob.id, blob.raw_len, blob.compressed, &blob.sealed);
-        shared.spare.give(blob.sealed);
         // The count cap keeps headers small for packs of tiny (tree) blobs.
         if builder.len() >= pack_size || builder.count() >= 100_000 {
             let full = std::mem::replace(builder, PackBuilder::new(blob.tpe, pack_size));

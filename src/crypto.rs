@@ -147,18 +147,11 @@ pub struct Keys {
 
 /// `u32 epoch || nonce || XChaCha20-Poly1305(cipher, nonce, plaintext, aad = u32 epoch)`.
 fn seal_raw(cipher: &XChaCha20Poly1305, epoch: u32, plaintext: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
-    seal_raw_into(cipher, epoch, plaintext, &mut out);
-    out
-}
-
-/// [`seal_raw`] into `out` (cleared first): encrypted in place there, one copy per object.
-fn seal_raw_into(cipher: &XChaCha20Poly1305, epoch: u32, plaintext: &[u8], out: &mut Vec<u8>) {
     let mut nonce = [0u8; 24];
     rand::fill(&mut nonce);
     let aad = epoch.to_le_bytes();
-    out.clear();
-    out.reserve(SEAL_OVERHEAD + plaintext.len());
+    // Encrypted in place in the output: one allocation and one copy per sealed object.
+    let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
     out.extend_from_slice(&aad);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
@@ -166,6 +159,7 @@ fn seal_raw_into(cipher: &XChaCha20Poly1305, epoch: u32, plaintext: &[u8], out: 
         .encrypt_inout_detached(&XNonce::from(nonce), &aad, (&mut out[4 + 24..]).into())
         .expect("XChaCha20-Poly1305 encryption of an in-memory buffer");
     out.extend_from_slice(&tag);
+    out
 }
 
 /// The epoch prefix of a sealed object.
@@ -230,11 +224,6 @@ impl Keys {
     /// Encrypts and authenticates `plaintext` under the current epoch with a random nonce.
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
         seal_raw(&self.ring[&self.epoch], self.epoch, plaintext)
-    }
-
-    /// [`Self::seal`] into `out` (cleared first), reusing its allocation.
-    pub fn seal_into(&self, plaintext: &[u8], out: &mut Vec<u8>) {
-        seal_raw_into(&self.ring[&self.epoch], self.epoch, plaintext, out)
     }
 
     /// Checks and decrypts a sealed object, with the key of the epoch in its prefix.

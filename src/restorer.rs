@@ -149,11 +149,14 @@ pub async fn restore(
         pending.entry(*i).or_insert((None, 0)).1 += 1;
     }
     let open = OpenFiles { paths: files.iter().map(|(p, _)| p.clone()).collect(), open: Mutex::new(pending) };
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let in_flight_mib = IN_FLIGHT_MIB_PER_CORE.saturating_mul(u32::try_from(cores).unwrap_or(u32::MAX));
     let ctx = WriteCtx {
         repo,
         files: Arc::new(open),
-        budget: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MIB as usize)),
-        writers: Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
+        budget: Arc::new(tokio::sync::Semaphore::new(in_flight_mib as usize)),
+        in_flight_mib,
+        writers: Arc::new(tokio::sync::Semaphore::new(cores)),
         buffers: Arc::default(),
         written: &written,
         progress: &*progress,
@@ -416,6 +419,8 @@ struct WriteCtx<'a> {
     /// MiB of pack data in flight (fetched, not yet written): bounds memory whatever the
     /// connection count.
     budget: Arc<tokio::sync::Semaphore>,
+    /// The budget's size: a run larger than it waits for all of it.
+    in_flight_mib: u32,
     /// Runs being decoded and written at once: one per core. Downloads overlap up to the
     /// connection count, but more writers than cores only interleave writes to more files
     /// and add threads (and their allocator arenas).
@@ -430,8 +435,9 @@ struct WriteCtx<'a> {
 /// Blobs closer than this in a pack are fetched in one read (skipping the gap costs less than a request).
 const MAX_GAP: u64 = 1 << 20;
 
-/// MiB of fetched pack data a restore holds at once.
-const IN_FLIGHT_MIB: u32 = 128;
+/// MiB of fetched pack data a restore holds at once, per core: fetched data waits for a
+/// decoding writer (one per core), so more in flight only adds memory, not speed.
+const IN_FLIGHT_MIB_PER_CORE: u32 = 32;
 
 impl WriteCtx<'_> {
     async fn restore_pack(&self, pack: Id, mut blobs: Vec<(BlobEntry, usize, u64)>) -> Result<()> {
@@ -447,7 +453,7 @@ impl WriteCtx<'_> {
                 end = end.max(blobs[j].0.range().end);
                 j += 1;
             }
-            let mib = u32::try_from((end - start).div_ceil(1 << 20)).unwrap_or(u32::MAX).clamp(1, IN_FLIGHT_MIB);
+            let mib = u32::try_from((end - start).div_ceil(1 << 20)).unwrap_or(u32::MAX).clamp(1, self.in_flight_mib);
             let permit = self.budget.clone().acquire_many_owned(mib).await.map_err(|_| Error::Cancelled)?;
             let data = self.repo.backend().get(&h, Some(start..end)).await?;
             let writer = self.writers.clone().acquire_owned().await.map_err(|_| Error::Cancelled)?;

@@ -453,7 +453,7 @@ impl Backend for S3Backend {
         let out = req.send().await.map_err(|e| self.error(e, Some(h), "reading"))?;
         let total = out.content_range().and_then(|cr| cr.rsplit_once('/')).and_then(|(_, n)| n.parse::<u64>().ok());
         // Read straight into one buffer of the announced size: collecting the body's segments
-        // and then joining them would hold every byte twice (restore keeps up to 128 MiB in
+        // and then joining them would hold every byte twice (restore keeps up to 32 MiB per core in
         // flight). The announcement is only a hint, capped, so a lying server cannot make us
         // allocate more than it sends.
         let announced = out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
