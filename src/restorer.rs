@@ -426,7 +426,7 @@ struct WriteCtx<'a> {
     /// and add threads (and their allocator arenas).
     writers: Arc<tokio::sync::Semaphore>,
     /// Decode buffers of idle writers: a run reuses one instead of allocating per blob, so
-    /// decoding holds at most a blob's worth of memory per writer.
+    /// decoding holds one blob (opened and decompressed) per writer.
     buffers: Arc<Mutex<Vec<crate::repo::DecodeBuffers>>>,
     written: &'a AtomicU64,
     progress: &'a dyn Progress,

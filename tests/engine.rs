@@ -153,7 +153,7 @@ async fn restore_filters_and_overwrite_policies() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blob_many_files_share_is_restored_into_each() {
-    // a, b and c hold the same chunks: stored once, each written three times by the restore.
+    // a, b and c hold the same chunks: stored once, written into each of the three by the restore.
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
