@@ -40,7 +40,7 @@ use crate::id::Id;
 use crate::index::{IndexFile, IndexPack, MAX_BLOBS_PER_FILE};
 use crate::pack::{BlobEntry, BlobType, PackBuilder};
 use crate::progress::Progress;
-use crate::repo::{Repository, decode_blob_with, list_ids};
+use crate::repo::{DecodeBuffers, Repository, decode_blob_into, decode_blob_with, list_ids};
 use crate::tree::{Extent, NodeKind, Tree};
 
 use crate::lease::Lease;
@@ -927,12 +927,13 @@ impl Run<'_> {
                 if Id::hash(&data2) != id2 {
                     return Err(Error::corrupt(format!("pack {id2}"), "content does not match its name"));
                 }
+                let mut bufs = DecodeBuffers::default();
                 for e in &entries {
                     let r = e.range();
                     let sealed = data2
                         .get(r.start as usize..r.end as usize)
                         .ok_or_else(|| Error::corrupt(format!("pack {id2}"), "shorter than its index entries"))?;
-                    decode_blob_with(&keys2, e, sealed)?;
+                    decode_blob_into(&keys2, e, sealed, &mut bufs)?;
                 }
                 Ok(())
             })
